@@ -1,0 +1,41 @@
+# The two set-up commands of the README: `make study` and `make test`.
+# Both create the venv and install everything on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv study demo test test-all lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first: it is on this machine's disk; letting the resolver pick pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job on built-in defaults: collect CartPole mixed-skill data, train a simulator,
+# evaluate agents built from it. (Grows into the full study.)
+study: $(STAMP)
+	$(VENV)/bin/simagents demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+# The slow "does it learn" tests as well.
+test-all: $(STAMP)
+	$(PY) -m pytest --runslow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Data: the episode contract, Minari I/O, collection and the window slicer."""

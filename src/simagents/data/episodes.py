@@ -1,0 +1,147 @@
+"""The in-memory episode contract every other module reads.
+
+An :class:`Episode` mirrors Minari's ``EpisodeData``: ``T`` steps, ``T + 1``
+observations (the last one is the observation after the final step), and
+terminations kept apart from truncations. Two optional extras carry what the
+simulator needs for causality and for labelling players:
+
+- ``interventions``: per-step flags, ``True`` where the action was the acting
+  agent's own choice, drawn independently of any hidden state (counterfactual
+  teaching). Such actions are not evidence and get no action loss.
+- ``policy``: the label of the behaviour policy that produced the episode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from simagents.errors import SimagentsError
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode. Shapes: ``T`` steps, ``obs_shape`` and ``act_shape`` from the spaces."""
+
+    observations: np.ndarray  # (T+1, *obs_shape); int64 for Discrete, float32 for Box
+    actions: np.ndarray  # (T, *act_shape); int64 for Discrete, float32 for Box
+    rewards: np.ndarray  # (T,) float32
+    terminations: np.ndarray  # (T,) bool
+    truncations: np.ndarray  # (T,) bool
+    interventions: np.ndarray = field(default=None)  # type: ignore[assignment]  # (T,) bool
+    policy: str = ""
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.rewards)
+        if self.interventions is None:
+            object.__setattr__(self, "interventions", np.zeros(n, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def episode_return(self) -> float:
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+    def returns_to_go(self) -> np.ndarray:
+        """Undiscounted sum of this and all later rewards, per step: (T,) float32."""
+        return np.cumsum(self.rewards[::-1], dtype=np.float64)[::-1].astype(np.float32)
+
+    def validate(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        where: str = "episode",
+    ) -> None:
+        """Raise :class:`SimagentsError` naming ``where`` if this episode breaks the contract."""
+        n = len(self.rewards)
+        if n == 0:
+            raise SimagentsError(f"{where}: episode has no steps; drop empty episodes from the dataset")
+        expected = {
+            "observations": (n + 1, *space_shape(observation_space)),
+            "actions": (n, *space_shape(action_space)),
+            "rewards": (n,),
+            "terminations": (n,),
+            "truncations": (n,),
+            "interventions": (n,),
+        }
+        for name, shape in expected.items():
+            got = np.shape(getattr(self, name))
+            if got != shape:
+                raise SimagentsError(
+                    f"{where}: {name} has shape {got}, expected {shape} for a {n}-step episode "
+                    f"(observation space {observation_space}, action space {action_space})"
+                )
+        for name in ("observations", "actions", "rewards"):
+            values = np.asarray(getattr(self, name))
+            if values.dtype.kind not in "biuf":
+                raise SimagentsError(f"{where}: {name} has dtype {values.dtype}; expected numbers")
+            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                raise SimagentsError(
+                    f"{where}: {name} contains NaN or inf; clean or drop the episode before training"
+                )
+        if np.any(self.terminations[:-1]) or np.any(self.truncations[:-1]):
+            raise SimagentsError(
+                f"{where}: an episode ends (termination or truncation) before its last step; "
+                "split it into separate episodes"
+            )
+        for name, space in (("observations", observation_space), ("actions", action_space)):
+            values = np.asarray(getattr(self, name))
+            if isinstance(space, gym.spaces.Discrete):
+                if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+                    raise SimagentsError(f"{where}: {name} are not integers but the space is {space}")
+                lo, hi = int(space.start), int(space.start + space.n - 1)
+                if values.min() < lo or values.max() > hi:
+                    raise SimagentsError(
+                        f"{where}: {name} range [{values.min()}, {values.max()}] is outside {space}; "
+                        "check that the dataset was made with this env"
+                    )
+
+
+def space_shape(space: gym.Space) -> tuple[int, ...]:
+    """Per-step array shape of a supported space; other spaces are an error."""
+    if isinstance(space, gym.spaces.Discrete):
+        return ()
+    if isinstance(space, gym.spaces.Box):
+        return tuple(space.shape)
+    raise SimagentsError(
+        f"space {space} is not supported yet; use Discrete or Box observations and actions "
+        "(flatten Dict/Tuple spaces with gymnasium.wrappers.FlattenObservation)"
+    )
+
+
+def episode_from_arrays(
+    observations: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminations: np.ndarray,
+    truncations: np.ndarray,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    interventions: np.ndarray | None = None,
+    policy: str = "",
+    seed: int | None = None,
+) -> Episode:
+    """Build an Episode with the contract's dtypes (int64 for Discrete, float32 for Box)."""
+
+    def cast(values: np.ndarray, space: gym.Space) -> np.ndarray:
+        values = np.asarray(values)
+        if isinstance(space, gym.spaces.Discrete):
+            return values.astype(np.int64) if values.dtype.kind in "biu" else values
+        return values.astype(np.float32) if values.dtype.kind in "biuf" else values
+
+    return Episode(
+        observations=cast(observations, observation_space),
+        actions=cast(actions, action_space),
+        rewards=np.asarray(rewards, dtype=np.float32)
+        if np.asarray(rewards).dtype.kind in "biuf"
+        else np.asarray(rewards),
+        terminations=np.asarray(terminations, dtype=bool),
+        truncations=np.asarray(truncations, dtype=bool),
+        interventions=None if interventions is None else np.asarray(interventions, dtype=bool),
+        policy=policy,
+        seed=seed,
+    )

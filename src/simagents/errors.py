@@ -1,0 +1,13 @@
+"""The one exception type for mistakes a user can make.
+
+Every error a user can cause (bad path, malformed dataset, NaN, space mismatch,
+corrupt checkpoint, unknown config key) raises :class:`SimagentsError` with a
+message that names the file or field and says how to fix it. The CLI prints the
+message on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class SimagentsError(Exception):
+    """A problem with the user's input: the message names the culprit and the fix."""

@@ -1,0 +1,605 @@
+"""The trajectory simulator: one causal transformer, readable top to bottom.
+
+An episode becomes a sequence of four tokens per timestep, in the order of
+Multi-Game Decision Transformer::
+
+    o_0  R_0  a_0  r_0  o_1  R_1  a_1  r_1  ...
+
+``o`` observation, ``R`` return-to-go (or a learned *unknown* token: return
+dropout), ``a`` action (plus an *intervention* flag embedding), ``r`` reward.
+Every token also gets its episode timestep embedding. Each position predicts
+the token that follows it, plus what a planner needs:
+
+=========  ===================================  ==================================
+position   reads                                predicts
+=========  ===================================  ==================================
+``o_t``    history, o_t                         R_t: the *value* (return bins)
+``R_t``    history, o_t, R_t                    a_t: the *policy* (return-conditioned
+                                                when R_t is known, imitation when not)
+``a_t``    history, o_t, R_t, a_t               r_t: the reward; R_t: the *action value*
+``r_t``    history, o_t, R_t, a_t, r_t          o_{t+1}: the world model, and termination
+=========  ===================================  ==================================
+
+Returns are categorical over fixed bins (two-hot targets), so a planner can read
+a whole distribution, not only its mean. The value and action-value heads learn
+only on windows whose return tokens were dropped: with R_t visible, predicting
+it would be copying. At acting time planners therefore write the *unknown*
+token, exactly as in training.
+
+The action flag tells evidence (a demonstrator's choice, informative about
+hidden state) from intervention (the acting agent's own choice, made
+independently of hidden state). Counterfactual teaching trains on flagged
+actions without an action loss; an evidential planner reads action values with
+the flag off, a causal one with it on.
+
+Normalisation (observation mean/std, action bounds, return range, reward
+scale) is fitted on the data, kept in :class:`Statistics` (JSON) and applied
+inside the model, so callers pass raw environment values.
+
+:class:`Context` is the incremental decoder for acting: a preallocated KV cache
+holding at most ``context_len`` timesteps; when it is full it keeps the newest
+half and refills the cache from their stored embeddings, so every step is
+exactly the full forward pass over the window it holds, at amortised cost of
+about one timestep per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from minari.serialization import deserialize_space, serialize_space
+from torch import Tensor, nn
+
+from simagents.errors import SimagentsError
+from simagents.io import atomic_write_bytes, atomic_write_json, from_dict, read_json, to_dict
+
+TOKENS_PER_STEP = 4  # o, R, a, r
+SCHEMA_VERSION = 1  # of config.json; bump when the architecture's parameters change meaning
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATISTICS_FILE = "statistics.json"
+LATEST_FILE = "latest.json"  # in a run's checkpoints/ folder: which checkpoint is newest
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Architecture of the simulator. Token sizes come from the spaces, given beside it."""
+
+    context_len: int = 20
+    """K: timesteps the transformer sees at once (4K tokens)."""
+    n_embd: int = 128
+    """Width of every token embedding and hidden state."""
+    n_layer: int = 3
+    """Transformer blocks."""
+    n_head: int = 1
+    """Attention heads per block (n_embd must divide by it)."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of n_embd."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention output and MLP output during training."""
+    max_timestep: int = 0
+    """Size of the timestep embedding table; later timesteps share the last entry. 0: fit to the
+    longest episode in the training data."""
+    n_return_bins: int = 51
+    """Bins of the categorical return distribution, spread over the data's return range."""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Normalisation fitted on the training data; saved as JSON beside the weights."""
+
+    obs_mean: list[float]
+    """Per-feature mean of Box observations (empty for Discrete)."""
+    obs_std: list[float]
+    """Per-feature standard deviation of Box observations, floored (empty for Discrete)."""
+    act_low: list[float]
+    """Lower bound of Box actions, mapped to -1 (empty for Discrete)."""
+    act_high: list[float]
+    """Upper bound of Box actions, mapped to +1 (empty for Discrete)."""
+    return_low: float
+    """Smallest return-to-go the return bins cover."""
+    return_high: float
+    """Largest return-to-go the return bins cover."""
+    reward_scale: float
+    """Rewards are divided by this before entering or leaving the model."""
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SimulatorConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, commit: bool = True) -> Tensor:
+        B, n, C = x.shape  # batch, new tokens, n_embd
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (
+            z.view(B, n, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v)
+        )  # (B,H,n,hd)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None or (cache.length == 0 and commit):
+            if cache is not None:
+                cache.write(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            if commit:
+                cache.write(layer, k, v)
+                keys, values = cache.read(layer, cache.length + n)
+            else:  # candidates: attend to the shared prefix without storing anything
+                past_k, past_v = cache.read(layer, cache.length)
+                keys = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)
+                values = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)
+            mask = None
+            if n > 1:  # new tokens see the whole prefix and each other causally
+                L = keys.shape[2] - n
+                mask = torch.ones(n, L + n, dtype=torch.bool, device=x.device).tril(diagonal=L)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, n, C)
+        return F.dropout(self.proj(y), dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SimulatorConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, commit: bool = True) -> Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer, commit)
+        return x + self.mlp(self.ln2(x))
+
+
+class KVCache:
+    """Preallocated keys and values of every layer for up to ``max_tokens`` tokens."""
+
+    def __init__(self, cfg: SimulatorConfig, batch: int, max_tokens: int) -> None:
+        head_dim = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, max_tokens, head_dim)
+        self.k = torch.zeros(shape)
+        self.v = torch.zeros(shape)
+        self.length = 0  # tokens stored; advanced by the caller once every layer has written
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        n = k.shape[2]
+        self.k[layer, :, :, self.length : self.length + n] = k
+        self.v[layer, :, :, self.length : self.length + n] = v
+
+    def read(self, layer: int, length: int) -> tuple[Tensor, Tensor]:
+        return self.k[layer, :, :, :length], self.v[layer, :, :, :length]
+
+
+class Simulator(nn.Module):
+    """Causal transformer over (observation, return, action, reward) tokens. See the module docstring."""
+
+    def __init__(
+        self, cfg: SimulatorConfig, observation_space: gym.Space, action_space: gym.Space, stats: Statistics
+    ) -> None:
+        super().__init__()
+        if cfg.max_timestep < 1:
+            raise ValueError("max_timestep must be fitted to the data (>= 1) before building the model")
+        self.cfg = cfg
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.stats = stats
+        self.obs_discrete, self.obs_dim = token_size(observation_space)
+        self.act_discrete, self.act_dim = token_size(action_space)
+        # Discrete spaces may start anywhere; the model works with 0-based indices.
+        self.obs_start = int(getattr(observation_space, "start", 0))
+        self.act_start = int(getattr(action_space, "start", 0))
+        d = cfg.n_embd
+        self.obs_embed = nn.Embedding(self.obs_dim, d) if self.obs_discrete else nn.Linear(self.obs_dim, d)
+        self.act_embed = nn.Embedding(self.act_dim, d) if self.act_discrete else nn.Linear(self.act_dim, d)
+        self.return_embed = nn.Linear(1, d)
+        self.unknown_return = nn.Parameter(torch.zeros(d))
+        self.reward_embed = nn.Linear(1, d)
+        self.intervention_embed = nn.Embedding(2, d)
+        self.time_embed = nn.Embedding(cfg.max_timestep, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.value_head = nn.Linear(d, cfg.n_return_bins)  # at o_t
+        self.action_head = nn.Linear(d, self.act_dim if self.act_discrete else 2 * self.act_dim)  # at R_t
+        self.action_value_head = nn.Linear(d, cfg.n_return_bins)  # at a_t
+        self.reward_head = nn.Linear(d, 1)  # at a_t
+        self.next_obs_head = nn.Linear(d, self.obs_dim)  # at r_t
+        self.termination_head = nn.Linear(d, 1)  # at r_t
+
+        # Normalisation lives in buffers (not saved with the weights: statistics.json is the source).
+        def buffer(name: str, values: list[float] | float) -> None:
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+
+        buffer("obs_mean", stats.obs_mean)
+        buffer("obs_std", stats.obs_std)
+        buffer("act_low", stats.act_low)
+        buffer("act_high", stats.act_high)
+        buffer("return_bins", torch.linspace(stats.return_low, stats.return_high, cfg.n_return_bins).tolist())
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # ---- normalisation -------------------------------------------------------------------
+
+    def _scale_return(self, returns: Tensor) -> Tensor:
+        lo, hi = self.stats.return_low, self.stats.return_high
+        return (returns - 0.5 * (lo + hi)) / (0.5 * (hi - lo))
+
+    def normalize_action(self, actions: Tensor) -> Tensor:
+        """Box actions from env units to [-1, 1]."""
+        return 2 * (actions - self.act_low) / (self.act_high - self.act_low) - 1
+
+    def denormalize_action(self, actions: Tensor) -> Tensor:
+        return self.act_low + (actions.clamp(-1, 1) + 1) * 0.5 * (self.act_high - self.act_low)
+
+    def normalize_observation(self, obs: Tensor) -> Tensor:
+        return ((obs - self.obs_mean) / self.obs_std).clamp(-10, 10)
+
+    # ---- embeddings: shared by the training forward pass and incremental decoding ----------
+
+    def _time(self, timesteps: Tensor) -> Tensor:
+        return self.time_embed(timesteps.clamp(max=self.cfg.max_timestep - 1))
+
+    def embed_observation(self, obs: Tensor, timesteps: Tensor) -> Tensor:
+        """obs (B,n) long or (B,n,obs_dim); timesteps (B,n) -> (B,n,d)"""
+        if self.obs_discrete:
+            x = self.obs_embed(obs - self.obs_start)
+        else:
+            x = self.obs_embed(self.normalize_observation(obs))
+        return x + self._time(timesteps)
+
+    def embed_return(self, returns: Tensor, known: Tensor, timesteps: Tensor) -> Tensor:
+        """returns (B,n); known (B,n) bool, False writes the unknown-return token -> (B,n,d)"""
+        x = self.return_embed(self._scale_return(returns).unsqueeze(-1))
+        x = torch.where(known.unsqueeze(-1), x, self.unknown_return)
+        return x + self._time(timesteps)
+
+    def embed_action(self, actions: Tensor, interventions: Tensor, timesteps: Tensor) -> Tensor:
+        """actions (B,n) long or (B,n,act_dim); interventions (B,n) bool -> (B,n,d)"""
+        if self.act_discrete:
+            x = self.act_embed(actions - self.act_start)
+        else:
+            x = self.act_embed(self.normalize_action(actions))
+        return x + self.intervention_embed(interventions.long()) + self._time(timesteps)
+
+    def embed_reward(self, rewards: Tensor, timesteps: Tensor) -> Tensor:
+        """rewards (B,n) -> (B,n,d)"""
+        return self.reward_embed((rewards / self.stats.reward_scale).unsqueeze(-1)) + self._time(timesteps)
+
+    def transform(self, x: Tensor, cache: KVCache | None = None, commit: bool = True) -> Tensor:
+        """Token embeddings (B,n,d) -> final hidden states (B,n,d), optionally through a KV cache."""
+        x = self.drop(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, commit)
+        if cache is not None and commit:
+            cache.length += x.shape[1]
+        return self.ln_f(x)
+
+    # ---- training --------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Hidden states per token kind for a batch of windows, each (B,K,d)."""
+        t = batch["timesteps"]  # (B,K)
+        B, K = t.shape
+        known = batch["return_known"].unsqueeze(1).expand(B, K)  # per window
+        tokens = torch.stack(
+            [
+                self.embed_observation(batch["observations"], t),
+                self.embed_return(batch["returns_to_go"], known, t),
+                self.embed_action(batch["actions"], batch["interventions"], t),
+                self.embed_reward(batch["rewards"], t),
+            ],
+            dim=2,
+        )  # (B,K,4,d)
+        h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1)).view(B, K, TOKENS_PER_STEP, -1)
+        return {"obs": h[:, :, 0], "return": h[:, :, 1], "action": h[:, :, 2], "reward": h[:, :, 3]}
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-head mean losses over valid tokens. Weighting them is the trainer's choice."""
+        h = self(batch)
+        valid = batch["mask"]  # (B,K) bool, False on padding
+        evidence = valid & ~batch["interventions"]  # intervened actions are not evidence
+        unknown = valid & ~batch["return_known"].unsqueeze(1)  # value heads learn without R_t visible
+        target = self.two_hot(batch["returns_to_go"])  # (B,K,bins)
+
+        def mean(per_token: Tensor, where: Tensor) -> Tensor:
+            return (per_token * where).sum() / where.sum().clamp(min=1)
+
+        losses = {
+            "action": mean(-self.action_log_prob(h["return"], batch["actions"]), evidence),
+            "value": mean(-(target * F.log_softmax(self.value_head(h["obs"]), -1)).sum(-1), unknown),
+            "action_value": mean(
+                -(target * F.log_softmax(self.action_value_head(h["action"]), -1)).sum(-1), unknown
+            ),
+            "reward": mean(
+                (self.reward_head(h["action"]).squeeze(-1) - batch["rewards"] / self.stats.reward_scale) ** 2,
+                valid,
+            ),
+            "termination": mean(
+                F.binary_cross_entropy_with_logits(
+                    self.termination_head(h["reward"]).squeeze(-1),
+                    batch["terminations"].float(),
+                    reduction="none",
+                ),
+                valid,
+            ),
+        }
+        next_obs = self.next_obs_head(h["reward"])
+        if self.obs_discrete:
+            target_obs = batch["next_observations"] - self.obs_start
+            obs_err = F.cross_entropy(next_obs.transpose(1, 2), target_obs, reduction="none")
+        else:
+            obs_err = ((next_obs - self.normalize_observation(batch["next_observations"])) ** 2).mean(-1)
+        losses["observation"] = mean(obs_err, valid)
+        return losses
+
+    def two_hot(self, returns: Tensor) -> Tensor:
+        """Returns (...) -> two-hot weights over the return bins (..., bins); the expectation is exact."""
+        bins = self.return_bins
+        n = bins.numel()
+        pos = (returns.clamp(bins[0], bins[-1]) - bins[0]) / (bins[-1] - bins[0]) * (n - 1)
+        lower = pos.floor().long().clamp(max=n - 2)
+        upper_weight = (pos - lower).unsqueeze(-1)
+        out = torch.zeros(*returns.shape, n, device=returns.device)
+        out.scatter_(-1, lower.unsqueeze(-1), 1 - upper_weight)
+        out.scatter_add_(-1, (lower + 1).unsqueeze(-1), upper_weight)
+        return out
+
+    # ---- heads as distributions --------------------------------------------------------------
+
+    def action_params(self, h_return: Tensor) -> Tensor:
+        """Hidden at R_t (...,d) -> logits (...,act_dim) or Gaussian [mean, log_std] (...,2*act_dim)."""
+        return self.action_head(h_return)
+
+    def action_log_prob(self, h_return: Tensor, actions: Tensor) -> Tensor:
+        params = self.action_params(h_return)
+        if self.act_discrete:
+            logits = params.transpose(1, 2) if params.dim() == 3 else params
+            return -F.cross_entropy(logits, actions - self.act_start, reduction="none")
+        mean, log_std = self._gaussian(params)
+        z = (self.normalize_action(actions) - mean) / log_std.exp()
+        return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    @staticmethod
+    def _gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = params.chunk(2, dim=-1)
+        return torch.tanh(mean), log_std.clamp(-5, 1)
+
+    def sample_action(
+        self, h_return: Tensor, generator: torch.Generator | None, temperature: float = 1.0, n: int = 1
+    ) -> Tensor:
+        """Hidden at R_t (1,d) -> n sampled actions: (n,) long or (n,act_dim) in env units.
+
+        temperature 0 takes the mode."""
+        params = self.action_params(h_return).reshape(-1)
+        if self.act_discrete:
+            if temperature == 0:
+                return params.argmax().repeat(n) + self.act_start
+            probs = F.softmax(params / temperature, -1)
+            return torch.multinomial(probs, n, replacement=True, generator=generator) + self.act_start
+        mean, log_std = self._gaussian(params)
+        noise = torch.randn(n, mean.numel(), generator=generator)
+        return self.denormalize_action(mean + temperature * log_std.exp() * noise)
+
+    def expected_return(self, logits: Tensor) -> Tensor:
+        """Return-bin logits (...,bins) -> expected return (...) in env units."""
+        return F.softmax(logits, -1) @ self.return_bins
+
+    def predicted_reward(self, h_action: Tensor) -> Tensor:
+        return self.reward_head(h_action).squeeze(-1) * self.stats.reward_scale
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write model.safetensors, config.json and statistics.json into ``directory``, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors.torch.save(weights))
+        atomic_write_json(
+            directory / CONFIG_FILE,
+            {
+                "schema": SCHEMA_VERSION,
+                "model": to_dict(self.cfg),
+                "observation_space": json.loads(serialize_space(self.observation_space)),
+                "action_space": json.loads(serialize_space(self.action_space)),
+            },
+        )
+        atomic_write_json(directory / STATISTICS_FILE, to_dict(self.stats))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Simulator:
+        """Load a simulator from a run folder (its latest checkpoint) or a checkpoint folder."""
+        directory = resolve_checkpoint(Path(path))
+        config = read_json(directory / CONFIG_FILE, "simulator config")
+        source = str(directory / CONFIG_FILE)
+        if not isinstance(config, dict) or config.get("schema") != SCHEMA_VERSION:
+            found = config.get("schema") if isinstance(config, dict) else None
+            raise SimagentsError(
+                f"{source}: checkpoint schema {found!r} is not {SCHEMA_VERSION}, the one this simagents reads; "
+                "retrain with this version or load it with the version that made it"
+            )
+        for key in ("model", "observation_space", "action_space"):
+            if key not in config:
+                raise SimagentsError(
+                    f"{source}: missing key {key!r}; the checkpoint is incomplete, retrain it"
+                )
+        cfg = from_dict(SimulatorConfig, config["model"], f"{source} [model]")
+        stats = from_dict(
+            Statistics, read_json(directory / STATISTICS_FILE, "statistics"), str(directory / STATISTICS_FILE)
+        )
+        try:
+            spaces = [deserialize_space(json.dumps(config[k])) for k in ("observation_space", "action_space")]
+        except Exception as exc:  # minari raises several types for a malformed space
+            raise SimagentsError(f"{source}: cannot read the spaces ({exc}); the file is corrupt") from None
+        model = cls(cfg, spaces[0], spaces[1], stats)
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise SimagentsError(f"{weights_path}: weights not found; the checkpoint is incomplete")
+        try:
+            weights = safetensors.torch.load_file(weights_path)
+        except Exception as exc:  # truncated or garbled files raise safetensors' own error types
+            raise SimagentsError(
+                f"{weights_path}: cannot read the weights ({exc}); the file is truncated or corrupt, "
+                "use an earlier checkpoint or retrain"
+            ) from None
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected or any(weights[k].shape != v.shape for k, v in model.state_dict().items()):
+            raise SimagentsError(
+                f"{weights_path}: weights do not fit the architecture in {CONFIG_FILE} "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
+                "the files come from different runs or schema versions"
+            )
+        return model.eval()
+
+
+@dataclass
+class ActionEvaluation:
+    """What the simulator predicts for candidate actions at the current step."""
+
+    return_logits: Tensor  # (N,bins): action-value distribution per candidate
+    expected_return: Tensor  # (N,)
+    reward: Tensor  # (N,) predicted immediate reward
+
+
+class Context:
+    """One episode's history, decoded step by step through a KV cache.
+
+    Push tokens in the order o, R, a, r. A full cache keeps its newest half and is
+    refilled from the stored embeddings, so every output equals the full forward
+    pass over the window held. Run under ``torch.no_grad()`` in eval mode.
+    """
+
+    def __init__(self, model: Simulator) -> None:
+        self.model = model
+        self.max_tokens = TOKENS_PER_STEP * model.cfg.context_len
+        self.cache = KVCache(model.cfg, batch=1, max_tokens=self.max_tokens)
+        self.embeddings: list[Tensor] = []  # (1,1,d) per token held, for refills
+        self.timestep = -1
+
+    def _push(self, x: Tensor) -> Tensor:
+        if self.cache.length + x.shape[1] > self.max_tokens:
+            self._refill()
+        self.embeddings.append(x)
+        return self.model.transform(x, self.cache)[:, -1]  # (1,d)
+
+    def _refill(self) -> None:
+        keep_steps = self.model.cfg.context_len // 2  # whole past steps kept, plus any partial step
+        partial = len(self.embeddings) % TOKENS_PER_STEP
+        start = len(self.embeddings) - partial - TOKENS_PER_STEP * keep_steps
+        self.embeddings = self.embeddings[max(start, 0) :]
+        self.cache.length = 0
+        if self.embeddings:
+            self.model.transform(torch.cat(self.embeddings, dim=1), self.cache)
+
+    @property
+    def held_steps(self) -> int:
+        """Timesteps (whole or begun) whose tokens the cache holds now."""
+        return -(-len(self.embeddings) // TOKENS_PER_STEP)
+
+    @staticmethod
+    def _t(value: int) -> Tensor:
+        return torch.tensor([[value]])
+
+    def push_observation(self, obs: Tensor) -> Tensor:
+        """Start a new timestep with its observation (obs_dim,) or scalar; returns hidden at o_t (1,d)."""
+        self.timestep += 1
+        t = self._t(self.timestep)
+        return self._push(self.model.embed_observation(obs.reshape(1, 1, *obs.shape), t))
+
+    def push_return(self, target: float | None) -> Tensor:
+        """Return-to-go token (None: unknown); returns hidden at R_t (1,d), the policy's input."""
+        t = self._t(self.timestep)
+        value = torch.tensor([[0.0 if target is None else float(target)]])
+        return self._push(self.model.embed_return(value, torch.tensor([[target is not None]]), t))
+
+    def _action_tokens(self, actions: Tensor, intervention: bool) -> Tensor:
+        n = actions.shape[0]
+        t = self._t(self.timestep).expand(n, 1)
+        flags = torch.full((n, 1), intervention)
+        return self.model.embed_action(actions.reshape(n, 1, *actions.shape[1:]), flags, t)  # (n,1,d)
+
+    def push_action(self, action: Tensor, intervention: bool) -> Tensor:
+        """The action taken, as evidence or intervention; returns hidden at a_t (1,d)."""
+        return self._push(self._action_tokens(action.reshape(1, *action.shape), intervention))
+
+    def push_reward(self, reward: float) -> Tensor:
+        """The reward received; returns hidden at r_t (1,d), the world model's input."""
+        t = self._t(self.timestep)
+        return self._push(self.model.embed_reward(torch.tensor([[float(reward)]]), t))
+
+    def evaluate_actions(self, candidates: Tensor, intervention: bool) -> ActionEvaluation:
+        """Score N candidate actions (N,) or (N,act_dim) as one batch on the shared cached prefix.
+
+        Must follow push_return; nothing is stored."""
+        if self.cache.length + 1 > self.max_tokens:
+            self._refill()
+        h = self.model.transform(self._action_tokens(candidates, intervention), self.cache, commit=False)[
+            :, -1
+        ]
+        logits = self.model.action_value_head(h)
+        return ActionEvaluation(logits, self.model.expected_return(logits), self.model.predicted_reward(h))
+
+
+def token_size(space: gym.Space) -> tuple[bool, int]:
+    """(is_discrete, size): number of values for Discrete, flattened length for Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return True, int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return False, int(np.prod(space.shape))
+    raise ValueError(f"unsupported space {space}: use Discrete or Box")
+
+
+def as_model_input(value: object, space: gym.Space) -> Tensor:
+    """An env observation or action -> what the model embeds: a long scalar or a flat float vector."""
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.tensor(int(np.asarray(value)), dtype=torch.long)
+    return torch.as_tensor(np.asarray(value, dtype=np.float32).reshape(-1))
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run folder -> its newest checkpoint folder; a checkpoint folder -> itself."""
+    if not path.exists():
+        raise SimagentsError(
+            f"{path}: no such run or checkpoint folder; pass the --out folder of `simagents train`"
+        )
+    if (path / WEIGHTS_FILE).is_file():
+        return path
+    latest = path / "checkpoints" / LATEST_FILE
+    if latest.is_file():
+        pointer = read_json(latest, "latest-checkpoint pointer")
+        name = pointer.get("checkpoint") if isinstance(pointer, dict) else None
+        if not isinstance(name, str) or not (path / "checkpoints" / name).is_dir():
+            raise SimagentsError(
+                f"{latest}: points to a checkpoint that does not exist; the run folder is damaged"
+            )
+        return path / "checkpoints" / name
+    raise SimagentsError(
+        f"{path}: holds no checkpoint (no {WEIGHTS_FILE}, no checkpoints/{LATEST_FILE}); "
+        "train first with `simagents train --out` this folder"
+    )

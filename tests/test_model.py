@@ -1,0 +1,144 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, DISCRETE_OBS, random_episode, tiny_model
+from simagents.data.windows import WindowSampler
+from simagents.errors import SimagentsError
+from simagents.model import Context, Simulator, as_model_input
+
+SPACES = [(BOX_OBS, DISCRETE_ACT), (DISCRETE_OBS, BOX_ACT)]
+
+
+def full_forward(model, episode, start, stop, known):
+    sampler = WindowSampler([episode], stop - start)
+    windows = sampler.windows(np.array([0]), np.array([start]))
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+    batch["return_known"] = torch.tensor([known])
+    return model(batch)
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@pytest.mark.parametrize("known", [True, False])
+@torch.no_grad()
+def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space, known):
+    model = tiny_model(obs_space, act_space, context_len=4)
+    episode = random_episode(np.random.default_rng(1), 11, obs_space, act_space)
+    rtg = episode.returns_to_go()
+    ctx = Context(model)
+    held_sizes = set()
+    for t in range(len(episode)):
+        hidden = {
+            "obs": ctx.push_observation(as_model_input(episode.observations[t], obs_space)),
+            "return": ctx.push_return(float(rtg[t]) if known else None),
+            "action": ctx.push_action(
+                as_model_input(episode.actions[t], act_space), bool(episode.interventions[t])
+            ),
+            "reward": ctx.push_reward(float(episode.rewards[t])),
+        }
+        held = ctx.held_steps
+        held_sizes.add(held)
+        full = full_forward(model, episode, t - held + 1, t + 1, known)
+        for kind, h in hidden.items():
+            torch.testing.assert_close(h[0], full[kind][0, -1], atol=1e-5, rtol=1e-5)
+    assert held_sizes == {1, 2, 3, 4}, "the window should fill up and be refilled"
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@torch.no_grad()
+def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space):
+    model = tiny_model(obs_space, act_space, context_len=4)
+    episode = random_episode(np.random.default_rng(2), 6, obs_space, act_space)
+    ctx = Context(model)
+    for t in range(5):
+        ctx.push_observation(as_model_input(episode.observations[t], obs_space))
+        ctx.push_return(None)
+        ctx.push_action(as_model_input(episode.actions[t], act_space), False)
+        ctx.push_reward(float(episode.rewards[t]))
+    ctx.push_observation(as_model_input(episode.observations[5], obs_space))
+    ctx.push_return(None)
+    if act_space is DISCRETE_ACT:
+        candidates = torch.arange(act_space.n)
+    else:
+        candidates = torch.from_numpy(np.random.default_rng(3).uniform(-2, 2, (5, 2)).astype(np.float32))
+    together = ctx.evaluate_actions(candidates, intervention=True)
+    for i in range(len(candidates)):
+        alone = ctx.evaluate_actions(candidates[i : i + 1], intervention=True)
+        torch.testing.assert_close(alone.expected_return[0], together.expected_return[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.reward[0], together.reward[i], atol=1e-5, rtol=1e-5)
+    # Committing a candidate gives the same action value as scoring it.
+    h = ctx.push_action(candidates[0], True)
+    torch.testing.assert_close(
+        model.expected_return(model.action_value_head(h))[0], together.expected_return[0], atol=1e-5, rtol=1e-5
+    )
+
+
+@torch.no_grad()
+def test_intervention_flag_changes_predictions():
+    model = tiny_model()
+    torch.nn.init.normal_(model.intervention_embed.weight, std=1.0)
+    ctx = Context(model)
+    ctx.push_observation(torch.zeros(3))
+    ctx.push_return(None)
+    evidence = ctx.evaluate_actions(torch.arange(3), intervention=False)
+    intervention = ctx.evaluate_actions(torch.arange(3), intervention=True)
+    assert not torch.allclose(evidence.expected_return, intervention.expected_return)
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@torch.no_grad()
+def test_save_load_gives_identical_outputs(tmp_path: Path, obs_space, act_space):
+    model = tiny_model(obs_space, act_space)
+    episode = random_episode(np.random.default_rng(4), 4, obs_space, act_space)
+    model.save(tmp_path / "ckpt")
+    loaded = Simulator.load(tmp_path / "ckpt")
+    a = full_forward(model, episode, 0, 4, True)
+    b = full_forward(loaded, episode, 0, 4, True)
+    for kind in a:
+        assert torch.equal(a[kind], b[kind])
+    assert loaded.stats == model.stats and loaded.cfg == model.cfg
+
+
+def test_loss_is_finite_and_masks_interventions():
+    model = tiny_model().train()
+    episode = random_episode(np.random.default_rng(5), 8, BOX_OBS, DISCRETE_ACT)
+    sampler = WindowSampler([episode], 4)
+    windows = sampler.windows(np.array([0, 0]), np.array([0, 6]))  # second window is padded
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+    batch["return_known"] = torch.tensor([True, False])
+    losses = model.loss(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    # Changing an intervened action leaves the action loss unchanged; changing an evidence one does not.
+    intervened = batch["interventions"] & batch["mask"]
+    evidence = ~batch["interventions"] & batch["mask"]
+    assert intervened.any() and evidence.any()
+    for where, should_change in ((intervened, False), (evidence, True)):
+        changed = dict(batch)
+        changed["actions"] = torch.where(where, (batch["actions"] + 1) % 3, batch["actions"])
+        # Only the action *target* may differ: compare the loss with the embedding fixed by zeroing it.
+        model.act_embed.weight.data.zero_()
+        before = model.loss(batch)["action"]
+        after = model.loss(changed)["action"]
+        assert (not torch.isclose(before, after)) == should_change
+
+
+def test_truncated_weights_file_is_a_clear_error(tmp_path: Path):
+    model = tiny_model()
+    model.save(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(SimagentsError, match="model.safetensors"):
+        Simulator.load(tmp_path / "ckpt")
+
+
+def test_unknown_config_key_and_missing_folder_are_clear_errors(tmp_path: Path):
+    model = tiny_model()
+    model.save(tmp_path / "ckpt")
+    config = tmp_path / "ckpt" / "config.json"
+    config.write_text(config.read_text().replace('"n_embd"', '"n_embed_typo"'))
+    with pytest.raises(SimagentsError, match="n_embed_typo"):
+        Simulator.load(tmp_path / "ckpt")
+    with pytest.raises(SimagentsError, match="no such run"):
+        Simulator.load(tmp_path / "missing")
