@@ -15,7 +15,9 @@ DISCRETE_OBS = gym.spaces.Discrete(6)
 DISCRETE_ACT = gym.spaces.Discrete(3)
 
 
-def random_episode(rng: np.random.Generator, length: int, obs_space: gym.Space, act_space: gym.Space) -> Episode:
+def random_episode(
+    rng: np.random.Generator, length: int, obs_space: gym.Space, act_space: gym.Space
+) -> Episode:
     def draw(space: gym.Space, n: int) -> np.ndarray:
         if isinstance(space, gym.spaces.Discrete):
             return rng.integers(0, space.n, size=n)
@@ -49,6 +51,9 @@ def tiny_model(
         return_low=-5.0,
         return_high=5.0,
         reward_scale=2.0,
+        episode_return_percentiles=np.linspace(-3, 3, 21).tolist(),
     )
-    cfg = SimulatorConfig(context_len=context_len, n_embd=32, n_layer=2, n_head=2, dropout=0.0, max_timestep=64)
+    cfg = SimulatorConfig(
+        context_len=context_len, n_embd=32, n_layer=2, n_head=2, dropout=0.0, max_timestep=64
+    )
     return Simulator(cfg, obs_space, act_space, stats).eval()

@@ -66,12 +66,17 @@ def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space):
     together = ctx.evaluate_actions(candidates, intervention=True)
     for i in range(len(candidates)):
         alone = ctx.evaluate_actions(candidates[i : i + 1], intervention=True)
-        torch.testing.assert_close(alone.expected_return[0], together.expected_return[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            alone.expected_return[0], together.expected_return[i], atol=1e-5, rtol=1e-5
+        )
         torch.testing.assert_close(alone.reward[0], together.reward[i], atol=1e-5, rtol=1e-5)
     # Committing a candidate gives the same action value as scoring it.
     h = ctx.push_action(candidates[0], True)
     torch.testing.assert_close(
-        model.expected_return(model.action_value_head(h))[0], together.expected_return[0], atol=1e-5, rtol=1e-5
+        model.expected_return(model.action_value_head(h))[0],
+        together.expected_return[0],
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 

@@ -21,10 +21,12 @@ position   reads                                predicts
 =========  ===================================  ==================================
 
 Returns are categorical over fixed bins (two-hot targets), so a planner can read
-a whole distribution, not only its mean. The value and action-value heads learn
-only on windows whose return tokens were dropped: with R_t visible, predicting
-it would be copying. At acting time planners therefore write the *unknown*
-token, exactly as in training.
+a whole distribution, not only its mean. The action-value head learns only on
+windows whose return tokens were dropped (return dropout): with R_t visible,
+predicting it would be copying. Planners therefore write the *unknown* token,
+exactly as in training. The value head, read before R_t, learns on every window;
+with earlier returns visible it learns the bookkeeping R_t = R_{t-1} - r_{t-1},
+which is what expert return sampling (Multi-Game DT) needs.
 
 The action flag tells evidence (a demonstrator's choice, informative about
 hidden state) from intervention (the acting agent's own choice, made
@@ -83,8 +85,9 @@ class SimulatorConfig:
     """Attention heads per block (n_embd must divide by it)."""
     mlp_ratio: int = 4
     """MLP hidden width as a multiple of n_embd."""
-    dropout: float = 0.1
-    """Dropout on embeddings, attention output and MLP output during training."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention and MLP outputs in training. Off by default: on CPU, drawing
+    the masks costs about a third of a training step, and generated datasets are large enough."""
     max_timestep: int = 0
     """Size of the timestep embedding table; later timesteps share the last entry. 0: fit to the
     longest episode in the training data."""
@@ -114,6 +117,9 @@ class Statistics:
     """Largest return-to-go the return bins cover."""
     reward_scale: float
     """Rewards are divided by this before entering or leaving the model."""
+    episode_return_percentiles: list[float]
+    """Episode returns of the training data at percentiles 0, 5, ..., 100 (21 values): the targets a
+    Decision Transformer can be prompted with."""
 
 
 class CausalSelfAttention(nn.Module):
@@ -324,7 +330,7 @@ class Simulator(nn.Module):
         h = self(batch)
         valid = batch["mask"]  # (B,K) bool, False on padding
         evidence = valid & ~batch["interventions"]  # intervened actions are not evidence
-        unknown = valid & ~batch["return_known"].unsqueeze(1)  # value heads learn without R_t visible
+        unknown = valid & ~batch["return_known"].unsqueeze(1)  # R_t hidden: the action value is not a copy
         target = self.two_hot(batch["returns_to_go"])  # (B,K,bins)
 
         def mean(per_token: Tensor, where: Tensor) -> Tensor:
@@ -332,7 +338,7 @@ class Simulator(nn.Module):
 
         losses = {
             "action": mean(-self.action_log_prob(h["return"], batch["actions"]), evidence),
-            "value": mean(-(target * F.log_softmax(self.value_head(h["obs"]), -1)).sum(-1), unknown),
+            "value": mean(-(target * F.log_softmax(self.value_head(h["obs"]), -1)).sum(-1), valid),
             "action_value": mean(
                 -(target * F.log_softmax(self.action_value_head(h["action"]), -1)).sum(-1), unknown
             ),
@@ -506,7 +512,8 @@ class Context:
         if self.cache.length + x.shape[1] > self.max_tokens:
             self._refill()
         self.embeddings.append(x)
-        return self.model.transform(x, self.cache)[:, -1]  # (1,d)
+        self.last_hidden = self.model.transform(x, self.cache)[:, -1]  # (1,d)
+        return self.last_hidden
 
     def _refill(self) -> None:
         keep_steps = self.model.cfg.context_len // 2  # whole past steps kept, plus any partial step

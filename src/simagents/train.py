@@ -35,7 +35,14 @@ from simagents.data.episodes import Episode
 from simagents.data.minari_io import Dataset, load_dataset
 from simagents.data.windows import WindowSampler
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_bytes, atomic_write_json, atomic_write_text, from_dict, read_json, to_dict
+from simagents.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    from_dict,
+    read_json,
+    to_dict,
+)
 from simagents.model import (
     LATEST_FILE,
     Simulator,
@@ -55,7 +62,7 @@ class LossWeights:
     action: float = 1.0
     """Policy: the next action (evidence tokens only)."""
     value: float = 1.0
-    """Return distribution before the action (return-dropped windows only)."""
+    """Return distribution before the action."""
     action_value: float = 1.0
     """Return distribution after the action (return-dropped windows only)."""
     reward: float = 1.0
@@ -117,7 +124,9 @@ def fit_statistics(episodes: list[Episode], dataset: Dataset) -> Statistics:
     act_low: list[float] = []
     act_high: list[float] = []
     if not isinstance(dataset.observation_space, gym.spaces.Discrete):
-        obs = np.concatenate([e.observations.reshape(len(e.observations), -1) for e in episodes]).astype(np.float64)
+        obs = np.concatenate([e.observations.reshape(len(e.observations), -1) for e in episodes]).astype(
+            np.float64
+        )
         obs_mean = obs.mean(0).tolist()
         obs_std = np.maximum(obs.std(0), 1e-3).tolist()
     if not isinstance(dataset.action_space, gym.spaces.Discrete):
@@ -142,13 +151,18 @@ def fit_statistics(episodes: list[Episode], dataset: Dataset) -> Statistics:
         return_low=lo - margin,
         return_high=hi + margin,
         reward_scale=scale if scale > 0 else 1.0,
+        episode_return_percentiles=np.percentile(
+            [e.episode_return for e in episodes], np.arange(0, 101, 5)
+        ).tolist(),
     )
 
 
 def load_training_data(refs: tuple[str, ...]) -> Dataset:
     """Load and concatenate datasets; their spaces must agree."""
     if not refs:
-        raise SimagentsError("train: no dataset given; pass --data PATH (a folder written by `simagents collect`)")
+        raise SimagentsError(
+            "train: no dataset given; pass --data PATH (a folder written by `simagents collect`)"
+        )
     datasets = [load_dataset(ref) for ref in refs]
     first = datasets[0]
     for ref, other in zip(refs[1:], datasets[1:], strict=True):
@@ -204,7 +218,9 @@ def evaluate_heldout(model: Simulator, sampler: WindowSampler, max_windows: int 
     model.eval()
     n = len(sampler.lengths)
     # Tile each held-out episode with consecutive windows, deterministic and covering every step.
-    episode = np.concatenate([np.full(-(-int(L) // sampler.context_len), i) for i, L in enumerate(sampler.lengths)])
+    episode = np.concatenate(
+        [np.full(-(-int(L) // sampler.context_len), i) for i, L in enumerate(sampler.lengths)]
+    )
     start = np.concatenate([np.arange(0, int(L), sampler.context_len) for L in sampler.lengths])
     episode, start = episode[:max_windows], start[:max_windows]
     batch = to_batch(sampler.windows(episode, start), np.zeros(len(episode), dtype=bool))
@@ -218,7 +234,9 @@ def evaluate_heldout(model: Simulator, sampler: WindowSampler, max_windows: int 
         "eval/episodes": float(n),
     }
     if model.act_discrete:
-        counts = np.bincount(sampler.actions[sampler.interventions == 0] - model.act_start, minlength=model.act_dim)
+        counts = np.bincount(
+            sampler.actions[sampler.interventions == 0] - model.act_start, minlength=model.act_dim
+        )
         freq = (counts + 1) / (counts.sum() + model.act_dim)
         chosen = batch["actions"][mask].numpy() - model.act_start
         metrics["eval/marginal_action_nll"] = float(-np.log(freq[chosen]).mean())
@@ -246,7 +264,9 @@ class RunLog:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
-def save_checkpoint(run: Path, model: Simulator, optimizer: torch.optim.Optimizer, step: int, keep: int) -> Path:
+def save_checkpoint(
+    run: Path, model: Simulator, optimizer: torch.optim.Optimizer, step: int, keep: int
+) -> Path:
     """Write a complete checkpoint folder, then point latest.json at it: a crash leaves the last good one."""
     folder = run / "checkpoints"
     name = f"step_{step:08d}"
@@ -274,7 +294,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path) -> 
     try:
         tensors = safetensors.torch.load_file(path)
     except Exception as exc:
-        raise SimagentsError(f"{path}: cannot read the optimizer state ({exc}); the checkpoint is damaged") from None
+        raise SimagentsError(
+            f"{path}: cannot read the optimizer state ({exc}); the checkpoint is damaged"
+        ) from None
     state = optimizer.state_dict()
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -292,14 +314,7 @@ def write_run_header(cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a simulator; returns the run folder. ``resume`` continues from its latest checkpoint."""
-    if resume:
-        saved = from_dict(TrainConfig, read_json(cfg.out / "config.json", "run config"), str(cfg.out / "config.json"))
-        if replace(saved, steps=cfg.steps) != cfg:
-            raise SimagentsError(
-                f"{cfg.out}/config.json: the run was made with other settings; resume with the same options "
-                "(only --steps may grow) or start a new --out"
-            )
-    elif (cfg.out / "checkpoints").exists():
+    if not resume and (cfg.out / "checkpoints").exists():
         raise SimagentsError(
             f"{cfg.out}: already holds a training run; pass --resume to continue it or choose another --out"
         )
@@ -313,6 +328,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if model_cfg.max_timestep < 1:
         model_cfg = replace(model_cfg, max_timestep=max(len(e) for e in dataset.episodes) + 1)
         cfg = replace(cfg, model=model_cfg)
+    if resume:
+        saved = from_dict(
+            TrainConfig, read_json(cfg.out / "config.json", "run config"), str(cfg.out / "config.json")
+        )
+        if replace(saved, steps=cfg.steps) != cfg:
+            raise SimagentsError(
+                f"{cfg.out}/config.json: the run was made with other settings; resume with the same options "
+                "(only --steps may grow) or start a new --out"
+            )
 
     start_step = 0
     if resume and (cfg.out / "checkpoints" / LATEST_FILE).is_file():
@@ -365,10 +389,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             now = time.perf_counter()
             tps = tokens_per_step / max(now - tick, 1e-9)
             tick = now
-            bar.update(task, completed=done, loss=float(total), tps=tps)
+            bar.update(task, completed=done, loss=total.item(), tps=tps)
             if done % cfg.log_every == 0 or done == cfg.steps:
-                metrics = {f"train/loss_{k}": float(v) for k, v in losses.items()}
-                metrics.update({"train/loss": float(total), "train/lr": learning_rate(cfg, step)})
+                metrics = {f"train/loss_{k}": v.item() for k, v in losses.items()}
+                metrics.update({"train/loss": total.item(), "train/lr": learning_rate(cfg, step)})
                 metrics["train/grad_norm"] = float(grad_norm)
                 if done % cfg.eval_every == 0 or done == cfg.steps:
                     if val_sampler is not None:

@@ -1,0 +1,81 @@
+"""Route 2, consequence conditioning: the Decision Transformer.
+
+Prompt a return-to-go, sample one action, lower the target by each reward. Fast
+and able to beat its data, but a target the data cannot reach, or reached only by
+luck, misleads it. ``expert=κ`` replaces the fixed target by Multi-Game DT's
+expert sampling: each step draws R from P(R | history) · exp(κ·R), κ in units of
+the data's return range.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from simagents.agents.base import SimulatorAgent, register_agent
+from simagents.model import Simulator
+
+
+def resolve_target(simulator: Simulator, target: float | str) -> float:
+    """'max', 'mean'... or 'qNN' (a percentile of the data's episode returns), or a number."""
+    percentiles = simulator.stats.episode_return_percentiles
+    if isinstance(target, int | float):
+        return float(target)
+    if target == "max":
+        return percentiles[-1]
+    if target == "median":
+        return percentiles[10]
+    if (
+        target.startswith("q")
+        and target[1:].isdigit()
+        and int(target[1:]) % 5 == 0
+        and int(target[1:]) <= 100
+    ):
+        return percentiles[int(target[1:]) // 5]
+    try:
+        return float(target)
+    except ValueError:
+        raise ValueError(
+            f"target {target!r} is not a number, 'max', 'median' or a percentile q0, q5, ..., q100"
+        ) from None
+
+
+@register_agent("dt")
+class DecisionTransformerAgent(SimulatorAgent):
+    def __init__(
+        self,
+        simulator: Simulator,
+        target: float | str = "max",
+        temperature: float = 1.0,
+        expert: float | None = None,
+    ) -> None:
+        self.initial_target = resolve_target(simulator, target)
+        self.temperature = temperature
+        self.expert = expert
+        super().__init__(simulator)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self.target = self.initial_target
+        self.h_obs: Tensor | None = None
+
+    def observe_reward(self, reward: float) -> None:
+        self.target -= reward
+
+    def choose(self) -> Tensor:
+        if self.expert is not None:
+            self.target = self._expert_return()
+        h = self.context.push_return(self.target)
+        self.step_records.append({"prompted_return": self.target})
+        return self.simulator.sample_action(h, self.generator, self.temperature)[0]
+
+    def _expert_return(self) -> float:
+        """Sample R ∝ P(R | history) exp(κ R) from the value head at the current observation."""
+        model = self.simulator
+        h_obs = self.context.last_hidden
+        log_p = torch.log_softmax(model.value_head(h_obs).reshape(-1), -1)
+        bins = model.return_bins
+        scaled = (bins - bins[0]) / (bins[-1] - bins[0])
+        weights = torch.softmax(log_p + float(self.expert) * scaled, -1)  # type: ignore[arg-type]
+        index = torch.multinomial(weights, 1, generator=self.generator)
+        return float(bins[index])

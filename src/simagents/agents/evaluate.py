@@ -1,0 +1,54 @@
+"""Run any agent in any gymnasium env for some episodes, deterministically under a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+from rich.progress import Progress
+
+from simagents.agents.base import Agent
+
+
+@dataclass
+class Evaluation:
+    """Per-episode returns and lengths, and the agent's own per-episode metrics."""
+
+    returns: list[float]
+    lengths: list[int]
+    agent_metrics: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        out = {
+            "mean_return": float(np.mean(self.returns)),
+            "std_return": float(np.std(self.returns)),
+            "mean_length": float(np.mean(self.lengths)),
+            "episodes": len(self.returns),
+        }
+        keys = sorted({k for m in self.agent_metrics for k in m})
+        for k in keys:
+            out[k] = float(np.mean([m[k] for m in self.agent_metrics if k in m]))
+        return out
+
+
+def evaluate(agent: Agent, env: gym.Env, episodes: int, seed: int = 0, progress: bool = False) -> Evaluation:
+    """Play ``episodes`` episodes; episode i resets env and agent with seed + i."""
+    result = Evaluation([], [])
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluate", total=episodes)
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            agent.reset(seed=seed + i)
+            reward, total, steps, done = 0.0, 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, reward))
+                total += float(reward)
+                steps += 1
+                done = terminated or truncated
+            result.returns.append(total)
+            result.lengths.append(steps)
+            metrics = getattr(agent, "episode_metrics", None)
+            result.agent_metrics.append(metrics() if metrics else {})
+            bar.advance(task)
+    return result

@@ -1,0 +1,168 @@
+"""The command line: a thin layer over the library, one subcommand per step of the pipeline.
+
+User mistakes raise :class:`SimagentsError`; they are printed on one line and the
+command exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+from simagents.errors import SimagentsError
+from simagents.io import atomic_write_json, read_json
+
+
+def collect_command(config: Annotated[Any, tyro.conf.arg(name="")]) -> None:
+    """Run behaviour policies in an env and write a Minari dataset with a policy label per episode."""
+    from simagents.data.collect import collect
+
+    path = collect(config)
+    print(f"wrote {path}")
+
+
+def train_command(config: Annotated[Any, tyro.conf.arg(name="")], resume: bool = False) -> None:
+    """Train a simulator on one or more Minari datasets; --resume continues a run exactly."""
+    from simagents.train import train
+
+    run = train(config, resume=resume, progress=sys.stderr.isatty())
+    print(f"trained {run}")
+
+
+def info_command(run: tyro.conf.Positional[Path]) -> None:
+    """Print a run's configuration, data, progress and latest metrics."""
+    from simagents.model import Simulator, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run)
+    model = Simulator.load(checkpoint)
+    summary: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "observation_space": str(model.observation_space),
+        "action_space": str(model.action_space),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model": read_json(checkpoint / "config.json", "simulator config")["model"],
+    }
+    if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
+        config = read_json(run / "config.json", "run config")
+        summary["data"] = config.get("data")
+        summary["steps"] = config.get("steps")
+    metrics_file = run / "metrics.jsonl"
+    if metrics_file.is_file():
+        lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        if lines:
+            summary["last_step"] = lines[-1]["step"]
+            evals = [m for m in lines if any(k.startswith("eval/") for k in m)]
+            summary["last_metrics"] = evals[-1] if evals else lines[-1]
+    print(json.dumps(summary, indent=2))
+
+
+def parse_options(options: tuple[str, ...]) -> dict[str, Any]:
+    """'key=value' pairs; values are read as JSON where they parse (numbers, true, null), else text."""
+    parsed: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SimagentsError(f"--option {item!r}: expected key=value, e.g. --option target=450")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def eval_command(
+    run: tyro.conf.Positional[Path],
+    agent: str = "dt",
+    env: str = "CartPole-v1",
+    episodes: int = 20,
+    seed: int = 0,
+    option: tuple[str, ...] = (),
+    out: Path | None = None,
+) -> None:
+    """Build an agent from a trained simulator and evaluate it in an env.
+
+    Args:
+        run: Run folder (or checkpoint folder) of a trained simulator.
+        agent: Decision procedure: imitation, dt, edt, cdt, or a registered custom one.
+        env: Gymnasium env id (its spaces must match the simulator's).
+        episodes: Episodes to play; episode i is seeded seed + i.
+        seed: First episode's seed.
+        option: Agent options as key=value, e.g. target=max, temperature=0.5, candidates=32.
+        out: Write the JSON result here instead of only printing it.
+    """
+    from simagents.agents import evaluate, make_agent
+    from simagents.data.collect import make_env
+    from simagents.data.minari_io import check_env_spaces
+    from simagents.model import Simulator
+
+    simulator = Simulator.load(run)
+    environment = make_env(env)
+    check_env_spaces(simulator.observation_space, simulator.action_space, environment, str(run))
+    options = parse_options(option)
+    result = evaluate(
+        make_agent(agent, simulator, **options), environment, episodes, seed, progress=sys.stderr.isatty()
+    )
+    report = {
+        "run": str(run),
+        "agent": agent,
+        "options": options,
+        "env": env,
+        "seed": seed,
+        **result.summary(),
+    }
+    report["returns"] = result.returns
+    if out is not None:
+        atomic_write_json(out, report)
+    print(json.dumps(report, indent=2))
+
+
+def study_command(
+    profile: str = "quick",
+    out: Path | None = None,
+    seed: int = 0,
+) -> None:
+    """Run the study: collect data, train simulators, build every agent, evaluate, write a report.
+
+    Args:
+        profile: quick (minutes on a laptop) or smoke (seconds, for tests).
+        out: Run folder (default runs/<date>-<profile>).
+        seed: Seed of the whole study.
+    """
+    from simagents.study.run import run_study
+
+    folder = run_study(profile=profile, out=out, seed=seed, progress=sys.stderr.isatty())
+    print(f"wrote {folder}/report.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from simagents.data.collect import CollectConfig
+    from simagents.train import TrainConfig
+
+    # tyro reads the dataclass from the annotation; bind the real config types here so that
+    # importing this module stays cheap.
+    collect_command.__annotations__["config"] = Annotated[CollectConfig, tyro.conf.arg(name="")]
+    train_command.__annotations__["config"] = Annotated[TrainConfig, tyro.conf.arg(name="")]
+    commands = {
+        "collect": collect_command,
+        "train": train_command,
+        "info": info_command,
+        "eval": eval_command,
+        "study": study_command,
+    }
+    try:
+        tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="simagents")
+    except SimagentsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""Read and write Minari datasets as lists of :class:`~simagents.data.episodes.Episode`.
+
+On disk a dataset is an ordinary Minari 0.5 HDF5 dataset; ``path`` always means the
+dataset folder, the one that contains ``data/``::
+
+    <path>/data/main_data.hdf5   episodes, written by minari
+    <path>/data/metadata.json    minari's metadata, plus our "simagents" key
+
+What simagents adds, all inside files minari itself keeps (so ``minari`` tools that copy
+or upload a dataset keep it too):
+
+- per step, in each episode's infos (length ``T + 1`` like every Minari info: index 0 is
+  the reset info, index ``t + 1`` belongs to the action at step ``t``):
+  ``infos/intervention`` (bool; index 0 is False) and ``infos/policy_id`` (int64, the same
+  value on every step);
+- in ``metadata.json`` under ``"simagents"``: ``{"format": 1, "policies": [names...],
+  "env_id": ..., "env_kwargs": {...}}``; ``policy_id`` indexes ``policies``.
+
+A dataset without the ``"simagents"`` key (made with minari directly) loads with policy
+label ``""`` and no interventions. Each episode's ``seed`` is minari's per-episode seed.
+
+Every problem a user can cause raises :class:`SimagentsError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import h5py
+import numpy as np
+
+from simagents.data.episodes import Episode, episode_from_arrays, space_shape
+from simagents.errors import SimagentsError
+
+FORMAT = 1
+META_KEY = "simagents"
+_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+# Same grammar as minari's dataset ids: (namespace/)name(-vN).
+_DATASET_ID = re.compile(
+    r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)(?:-v(?P<version>\d+))?$"
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Episodes plus what is needed to interpret them and to re-create their env."""
+
+    episodes: list[Episode]
+    observation_space: gym.Space
+    action_space: gym.Space
+    env_id: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def n_steps(self) -> int:
+        return sum(len(ep) for ep in self.episodes)
+
+    @property
+    def policies(self) -> list[str]:
+        """Sorted unique behaviour-policy labels (``""`` for unlabelled episodes)."""
+        return sorted({ep.policy for ep in self.episodes})
+
+    @property
+    def returns(self) -> np.ndarray:
+        """Undiscounted return of each episode, (n_episodes,) float64."""
+        return np.array([ep.episode_return for ep in self.episodes], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def minari_root() -> Path:
+    """The local Minari root: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets`` (not created)."""
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env).expanduser() if env else Path.home() / ".minari" / "datasets"
+
+
+def register_simagents_envs() -> None:
+    """Import ``simagents.envs`` if it exists, so ``simagents/...`` env ids are registered."""
+    import importlib
+
+    try:
+        importlib.import_module("simagents.envs")
+    except ModuleNotFoundError as e:
+        if e.name != "simagents.envs":
+            raise
+
+
+@contextmanager
+def _minari_root_at(root: Path) -> Iterator[None]:
+    # minari only writes under MINARI_DATASETS_PATH; point it at our staging folder for the call.
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _dataset_id_for(path: Path) -> str:
+    """A minari id for ``path``: relative to the Minari root if it lies there, else simagents/<name>."""
+    try:
+        rel = path.resolve().relative_to(minari_root().resolve()).as_posix()
+        match = _DATASET_ID.fullmatch(rel)
+        if match and match["version"] is not None:
+            return rel
+    except ValueError:
+        pass
+    name = re.sub(r"[^-\w]+", "_", path.name).strip("_-") or "dataset"
+    if not re.search(r"-v\d+$", name):
+        name += "-v0"
+    return f"simagents/{name}"
+
+
+def check_can_write(path: str | Path) -> Path:
+    """Return ``path`` as an absolute Path, or raise if a non-empty file or folder is already there."""
+    path = Path(path).expanduser().absolute()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SimagentsError(
+            f"{path} already exists and is not empty; refusing to overwrite it. "
+            "Choose another --out, or delete it first if you no longer need it"
+        )
+    return path
+
+
+def _env_for_spec(env_id: str | None, env_kwargs: dict[str, Any]) -> gym.Env | None:
+    """The env to record in minari's metadata (so ``recover_environment`` works), if it can be made."""
+    if env_id is None:
+        return None
+    register_simagents_envs()
+    try:
+        gym.spec(env_id)
+        return gym.make(env_id, **env_kwargs)
+    except Exception:  # an env we cannot make is still recorded by id in our metadata
+        return None
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_dataset(
+    episodes: Sequence[Episode],
+    path: str | Path,
+    *,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    env_id: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    description: str | None = None,
+    algorithm_name: str | None = None,
+) -> Path:
+    """Write ``episodes`` as a Minari dataset in the folder ``path`` and return it.
+
+    The dataset is built in a hidden staging folder beside ``path`` and renamed into place
+    at the end, so an interrupted save leaves nothing at ``path``.
+    """
+    path = check_can_write(path)
+    env_kwargs = dict(env_kwargs or {})
+    for what, space in (("observation", observation_space), ("action", action_space)):
+        try:
+            space_shape(space)
+        except SimagentsError as e:
+            raise SimagentsError(f"cannot save {path}: {what} {e}") from None
+    if not episodes:
+        raise SimagentsError(f"cannot save {path}: there are no episodes")
+    for i, ep in enumerate(episodes):
+        ep.validate(observation_space, action_space, where=f"cannot save {path}: episode {i}")
+    try:
+        json.dumps(env_kwargs)
+    except TypeError as e:
+        raise SimagentsError(
+            f"cannot save {path}: env kwargs {env_kwargs!r} are not JSON-serialisable ({e})"
+        ) from None
+
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    policies = sorted({ep.policy for ep in episodes})
+    policy_ids = {name: i for i, name in enumerate(policies)}
+    buffers = [
+        EpisodeBuffer(
+            seed=ep.seed,
+            observations=ep.observations,
+            actions=ep.actions,
+            rewards=ep.rewards,
+            terminations=ep.terminations,
+            truncations=ep.truncations,
+            infos={
+                # Minari infos have T+1 entries (the first is the reset info).
+                "intervention": np.concatenate([[False], np.asarray(ep.interventions, dtype=bool)]),
+                "policy_id": np.full(len(ep) + 1, policy_ids[ep.policy], dtype=np.int64),
+            },
+        )
+        for ep in episodes
+    ]
+    if description is None:
+        counts = {name: sum(ep.policy == name for ep in episodes) for name in policies}
+        description = (
+            f"simagents dataset: {len(episodes)} episodes of {env_id or 'an unnamed env'}; "
+            f"episodes per behaviour policy: {json.dumps(counts)}"
+        )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    env = _env_for_spec(env_id, env_kwargs)
+    try:
+        dataset_id = _dataset_id_for(path)
+        with _minari_root_at(staging), warnings.catch_warnings():
+            # minari nags about unset author, email, code link, algorithm and env; our metadata
+            # already records what matters, so these are noise for local data.
+            warnings.filterwarnings("ignore", message=r"`\w+` is set to None")
+            warnings.filterwarnings("ignore", message=r"env_spec is None")
+            dataset = minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=env,
+                observation_space=observation_space,
+                action_space=action_space,
+                description=description,
+                algorithm_name=algorithm_name,
+                jpeg_encoding=False,  # lossless: a round trip must give identical arrays
+            )
+            dataset.storage.update_metadata(
+                {
+                    META_KEY: {
+                        "format": FORMAT,
+                        "policies": policies,
+                        "env_id": env_id,
+                        "env_kwargs": env_kwargs,
+                    }
+                }
+            )
+        built = staging / dataset_id
+        if path.is_dir():
+            path.rmdir()  # empty (checked above); rename cannot replace a folder on every OS
+        os.rename(built, path)
+    finally:
+        if env is not None:
+            env.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+# --------------------------------------------------------------------------- load
+
+
+def resolve_dataset_path(ref: str | Path) -> Path:
+    """Find the dataset folder for ``ref``: a folder path, or a Minari id in the local Minari root."""
+    given = Path(ref).expanduser()
+    if given.exists():
+        # Be forgiving about pointing inside the dataset: at data/ or at one of its files.
+        if given.is_file() and given.parent.name == "data":
+            return given.parent.parent.absolute()
+        if given.name == "data" and (given / "metadata.json").exists() and not (given / "data").exists():
+            return given.parent.absolute()
+        return given.absolute()
+    looked = [str(given.absolute())]
+    root = minari_root()
+    match = _DATASET_ID.fullmatch(str(ref)) if isinstance(ref, str) else None
+    if match:
+        if match["version"] is None:
+            # Like minari: an id without -vN means the newest local version.
+            parent = root / match["namespace"] if match["namespace"] else root
+            versions = sorted(
+                (int(m["v"]), p)
+                for p in (parent.iterdir() if parent.is_dir() else [])
+                if (m := re.fullmatch(rf"{re.escape(match['name'])}-v(?P<v>\d+)", p.name))
+            )
+            if versions:
+                return versions[-1][1].absolute()
+        candidate = root / str(ref)
+        if (candidate / "data").is_dir():
+            return candidate.absolute()
+        looked.append(f"{candidate} (as a Minari dataset id in MINARI_DATASETS_PATH={root})")
+    raise SimagentsError(
+        f"dataset {str(ref)!r} not found: looked for {' and '.join(looked)}. "
+        "Check the path, make the data with `simagents collect --out ...`, "
+        "or set MINARI_DATASETS_PATH to the Minari root that holds it"
+    )
+
+
+def load_dataset(ref: str | Path) -> Dataset:
+    """Load a Minari dataset (ours or anyone's) from a folder path or a local Minari dataset id."""
+    import minari
+
+    register_simagents_envs()  # a dataset's env spec may name a simagents/... env
+    folder = resolve_dataset_path(ref)
+    data_dir = folder / "data"
+    metadata_file = data_dir / "metadata.json"
+    main_file = data_dir / "main_data.hdf5"
+    if not metadata_file.is_file():
+        raise SimagentsError(
+            f"{folder} is not a Minari dataset: {metadata_file} is missing. Point at the folder that "
+            "contains data/metadata.json, or make a dataset with `simagents collect`"
+        )
+    try:
+        metadata = json.loads(metadata_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SimagentsError(f"{metadata_file} is not valid JSON ({e}); re-create the dataset") from None
+    if not isinstance(metadata, dict):
+        raise SimagentsError(f"{metadata_file} should hold a JSON object; re-create the dataset")
+    data_format = metadata.get("data_format", "hdf5")
+    if data_format != "hdf5":
+        raise SimagentsError(
+            f"{metadata_file}: data_format {data_format!r} is not supported; convert the dataset to hdf5"
+        )
+    if not main_file.is_file():
+        raise SimagentsError(
+            f"{main_file} is missing; the dataset is incomplete, re-create or re-download it"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mds = minari.MinariDataset(data_dir)
+    except Exception as e:  # minari raises bare asserts/ValueErrors for bad metadata
+        raise SimagentsError(
+            f"{metadata_file}: minari cannot open this dataset ({type(e).__name__}: {e}); "
+            "re-create it, or check that the env it names is installed"
+        ) from None
+    obs_space, act_space = mds.observation_space, mds.action_space
+    for what, space in (("observation", obs_space), ("action", act_space)):
+        try:
+            space_shape(space)
+        except SimagentsError as e:
+            raise SimagentsError(f"{metadata_file}: {what} {e}") from None
+
+    ours = metadata.get(META_KEY)
+    if ours is not None:
+        _check_our_metadata(ours, metadata_file)
+    episodes = _read_episodes(mds, main_file, obs_space, act_space, ours)
+    if not episodes:
+        raise SimagentsError(f"{main_file} holds no episodes; collect data first")
+
+    env_id = ours.get("env_id") if ours else None
+    env_kwargs = dict(ours.get("env_kwargs") or {}) if ours else {}
+    if ours is None and mds.env_spec is not None:
+        env_id, env_kwargs = mds.env_spec.id, dict(mds.env_spec.kwargs)
+    return Dataset(episodes, obs_space, act_space, env_id=env_id, env_kwargs=env_kwargs, path=folder)
+
+
+def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
+    if not isinstance(ours, dict) or not isinstance(ours.get("policies"), list):
+        raise SimagentsError(
+            f"{metadata_file}: the {META_KEY!r} entry should be an object with a 'policies' list; "
+            "remove the entry to load the data unlabelled, or re-create the dataset"
+        )
+    version = ours.get("format", FORMAT)
+    if not isinstance(version, int) or version > FORMAT:
+        raise SimagentsError(
+            f"{metadata_file}: unknown {META_KEY} format {version!r} (this simagents reads {FORMAT}); "
+            "upgrade simagents"
+        )
+
+
+def _read_episodes(
+    mds: Any, main_file: Path, obs_space: gym.Space, act_space: gym.Space, ours: dict[str, Any] | None
+) -> list[Episode]:
+    n = mds.storage.total_episodes
+    episodes: list[Episode] = []
+    current = "the file"
+    try:
+        # Check the structure first so a missing key is named instead of surfacing as a KeyError.
+        with h5py.File(main_file, "r") as f:
+            for i in range(n):
+                current = f"episode {i}"
+                group = f.get(f"episode_{i}")
+                if not isinstance(group, h5py.Group):
+                    raise SimagentsError(
+                        f"{main_file}: metadata.json lists {n} episodes but 'episode_{i}' is missing; "
+                        "the dataset is incomplete, re-create it"
+                    )
+                for key in _REQUIRED_KEYS:
+                    if key not in group:
+                        raise SimagentsError(
+                            f"{main_file} episode {i}: missing {key!r}; every episode needs "
+                            f"{', '.join(_REQUIRED_KEYS)}"
+                        )
+        metas = list(mds.storage.get_episode_metadata(range(n)))
+        for i, raw in enumerate(mds.storage.get_episodes(range(n))):
+            current = f"episode {i}"
+            episodes.append(_to_episode(raw, metas[i], i, main_file, obs_space, act_space, ours))
+    except SimagentsError:
+        raise
+    except OSError as e:
+        raise SimagentsError(
+            f"{main_file}: cannot read {current} ({e}); the HDF5 file is truncated or corrupt, "
+            "re-create or re-download the dataset"
+        ) from None
+    except Exception as e:  # anything else minari/h5py trips over is a malformed file
+        raise SimagentsError(
+            f"{main_file}: {current} is malformed ({type(e).__name__}: {e}); re-create the dataset"
+        ) from None
+    return episodes
+
+
+def _to_episode(
+    raw: dict[str, Any],
+    meta: dict[str, Any],
+    index: int,
+    main_file: Path,
+    obs_space: gym.Space,
+    act_space: gym.Space,
+    ours: dict[str, Any] | None,
+) -> Episode:
+    where = f"{main_file} episode {index}"
+    seed = meta.get("seed")
+    episode = episode_from_arrays(
+        raw["observations"],
+        raw["actions"],
+        raw["rewards"],
+        raw["terminations"],
+        raw["truncations"],
+        obs_space,
+        act_space,
+        seed=None if seed is None else int(seed),
+    )
+    episode.validate(obs_space, act_space, where=where)
+    if ours is None:
+        return episode
+
+    n = len(episode)
+    infos = raw.get("infos") or {}
+    flags = infos.get("intervention")
+    policy_ids = infos.get("policy_id")
+    for key, value in (("intervention", flags), ("policy_id", policy_ids)):
+        if value is None or np.shape(value) != (n + 1,):
+            raise SimagentsError(
+                f"{where}: infos/{key} has shape {np.shape(value) if value is not None else 'missing'}, "
+                f"expected ({n + 1},) (one per step plus the reset); remove the {META_KEY!r} entry from "
+                "metadata.json to load the data unlabelled, or re-create the dataset"
+            )
+    policies = ours["policies"]
+    policy_id = int(np.asarray(policy_ids)[0])
+    if not 0 <= policy_id < len(policies):
+        raise SimagentsError(
+            f"{where}: infos/policy_id {policy_id} is not an index into the {len(policies)} policies listed "
+            f"in metadata.json; re-create the dataset"
+        )
+    return Episode(
+        observations=episode.observations,
+        actions=episode.actions,
+        rewards=episode.rewards,
+        terminations=episode.terminations,
+        truncations=episode.truncations,
+        interventions=np.asarray(flags, dtype=bool)[1:],
+        policy=str(policies[policy_id]),
+        seed=episode.seed,
+    )
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+def _same_space(a: gym.Space, b: gym.Space) -> bool:
+    # Dtype differences are tolerated: the episode contract casts to int64 / float32 anyway.
+    if isinstance(a, gym.spaces.Discrete) and isinstance(b, gym.spaces.Discrete):
+        return int(a.n) == int(b.n) and int(a.start) == int(b.start)
+    if isinstance(a, gym.spaces.Box) and isinstance(b, gym.spaces.Box):
+        if a.shape != b.shape:
+            return False
+        return bool(
+            np.allclose(a.low.astype(np.float64), b.low.astype(np.float64), rtol=1e-6, equal_nan=True)
+            and np.allclose(a.high.astype(np.float64), b.high.astype(np.float64), rtol=1e-6, equal_nan=True)
+        )
+    return a == b
+
+
+def check_spaces(dataset: Dataset, env: gym.Env) -> None:
+    """Raise if ``env``'s observation or action space differs from the dataset's."""
+    source = str(dataset.path) if dataset.path is not None else "the dataset"
+    if dataset.env_id:
+        kwargs = f" with kwargs {dataset.env_kwargs}" if dataset.env_kwargs else ""
+        source += f" (collected on {dataset.env_id}{kwargs})"
+    check_env_spaces(dataset.observation_space, dataset.action_space, env, source)
+
+
+def check_env_spaces(
+    observation_space: gym.Space, action_space: gym.Space, env: gym.Env, source: str
+) -> None:
+    """Raise, naming ``source`` (a dataset or a checkpoint), if ``env``'s spaces differ from these."""
+    env_name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+    for what, ours, theirs in (
+        ("observation", observation_space, env.observation_space),
+        ("action", action_space, env.action_space),
+    ):
+        if not _same_space(ours, theirs):
+            raise SimagentsError(
+                f"{source}: its {what} space {ours} does not match env {env_name}'s {theirs}; "
+                "use the env (and env kwargs) the data was collected with"
+            )

@@ -1,0 +1,92 @@
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simagents.data.collect import CollectConfig, collect
+from simagents.errors import SimagentsError
+from simagents.io import atomic_write_json
+from simagents.model import Simulator, SimulatorConfig
+from simagents.train import TrainConfig, learning_rate, train
+
+
+@pytest.fixture(scope="module")
+def cartpole_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "cartpole"
+    collect(CollectConfig(env="CartPole-v1", out=out, policy="mixed", episodes=20, seed=3))
+    return out
+
+
+def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig(
+        data=(str(data),),
+        out=out,
+        model=SimulatorConfig(context_len=5, n_embd=32, n_layer=2, n_head=2, dropout=0.1),
+        steps=8,
+        batch_size=8,
+        warmup_steps=2,
+        eval_every=2,
+        log_every=1,
+        keep_checkpoints=10,
+    )
+    return replace(cfg, **changes)
+
+
+def weights_hash(run: Path) -> str:
+    return hashlib.sha256(
+        (run / "checkpoints" / "step_00000008" / "model.safetensors").read_bytes()
+    ).hexdigest()
+
+
+def test_same_seed_same_weights_and_metrics(cartpole_data: Path, tmp_path: Path):
+    a = train(tiny_config(cartpole_data, tmp_path / "a"), progress=False)
+    b = train(tiny_config(cartpole_data, tmp_path / "b"), progress=False)
+    c = train(tiny_config(cartpole_data, tmp_path / "c", seed=1), progress=False)
+    assert weights_hash(a) == weights_hash(b) != weights_hash(c)
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(cartpole_data: Path, tmp_path: Path):
+    run = train(tiny_config(cartpole_data, tmp_path / "run"), progress=False)
+    final, metrics = weights_hash(run), (run / "metrics.jsonl").read_text()
+    # Pretend the process died right after the step-4 checkpoint.
+    for step in (6, 8):
+        for f in (run / "checkpoints" / f"step_{step:08d}").iterdir():
+            f.unlink()
+        (run / "checkpoints" / f"step_{step:08d}").rmdir()
+    atomic_write_json(run / "checkpoints" / "latest.json", {"checkpoint": "step_00000004", "step": 4})
+    train(tiny_config(cartpole_data, run), resume=True, progress=False)
+    assert weights_hash(run) == final
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_resume_refuses_other_settings_and_fresh_run_refuses_existing_folder(
+    cartpole_data: Path, tmp_path: Path
+):
+    run = train(tiny_config(cartpole_data, tmp_path / "run"), progress=False)
+    with pytest.raises(SimagentsError, match="already holds a training run"):
+        train(tiny_config(cartpole_data, run), progress=False)
+    with pytest.raises(SimagentsError, match="other settings"):
+        train(tiny_config(cartpole_data, run, lr=1.0), resume=True, progress=False)
+
+
+def test_checkpoint_has_config_statistics_and_metrics(cartpole_data: Path, tmp_path: Path):
+    run = train(tiny_config(cartpole_data, tmp_path / "run"), progress=False)
+    model = Simulator.load(run)
+    assert model.cfg.max_timestep == 501  # fitted: CartPole's longest episode + 1
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 9))
+    assert all(np.isfinite(m["train/loss"]) for m in lines)
+    assert any("eval/action_nll" in m for m in lines)
+    assert (run / "config.json").is_file() and (run / "command.txt").is_file()
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = TrainConfig(data=("x",), out=Path("x"), steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    lrs = [learning_rate(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] == pytest.approx(0.1, abs=0.01)
