@@ -100,12 +100,11 @@ def eval_command(
     from simagents.model import Simulator
 
     simulator = Simulator.load(run)
+    options = parse_options(option)
+    decision_procedure = make_agent(agent, simulator, **options)
     environment = make_env(env)
     check_env_spaces(simulator.observation_space, simulator.action_space, environment, str(run))
-    options = parse_options(option)
-    result = evaluate(
-        make_agent(agent, simulator, **options), environment, episodes, seed, progress=sys.stderr.isatty()
-    )
+    result = evaluate(decision_procedure, environment, episodes, seed, progress=sys.stderr.isatty())
     report = {
         "run": str(run),
         "agent": agent,

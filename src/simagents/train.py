@@ -86,8 +86,8 @@ class TrainConfig:
     """Architecture of the simulator."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Weight of each head's loss."""
-    steps: int = 2000
-    """Optimizer steps."""
+    steps: int = 1000
+    """Optimizer steps (the default trains a CartPole simulator in about 3 minutes on 2 cores)."""
     batch_size: int = 64
     """Windows per step."""
     lr: float = 6e-4

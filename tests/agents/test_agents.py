@@ -1,0 +1,178 @@
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, tiny_model
+from simagents.agents import AGENTS, evaluate, make_agent
+from simagents.data.episodes import episode_from_arrays
+from simagents.data.minari_io import save_dataset
+from simagents.errors import SimagentsError
+from simagents.model import Context, Simulator, SimulatorConfig, as_model_input
+from simagents.train import TrainConfig, train
+
+CARTPOLE_OBS = gym.make("CartPole-v1").observation_space
+
+
+def hand_set_planner_model(preferred_return: list[float]) -> Simulator:
+    """A model whose action values are set by hand: every block is the identity, and action i's
+    embedding points along direction i, which the action-value head maps to the return bin
+    nearest ``preferred_return[i]``."""
+    model = tiny_model(BOX_OBS, DISCRETE_ACT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for norm in (model.ln_f, *[b.ln1 for b in model.blocks], *[b.ln2 for b in model.blocks]):
+            norm.weight.fill_(1.0)
+        bins = model.return_bins
+        for action, target in enumerate(preferred_return):
+            model.act_embed.weight[action, action] = 10.0
+            model.action_value_head.weight[int(torch.argmin((bins - target).abs())), action] = 50.0
+    return model
+
+
+@pytest.mark.parametrize(("preferred", "best"), [([1.0, 3.0, -2.0], 1), ([2.5, -1.0, 0.0], 0)])
+def test_planners_take_the_argmax_of_the_models_predictions(preferred, best):
+    model = hand_set_planner_model(preferred)
+    for name in ("edt", "cdt"):
+        agent = make_agent(name, model)
+        agent.reset(seed=0)
+        assert agent.act(np.zeros(3, dtype=np.float32)) == best
+        assert agent.episode_metrics()["predicted_return"] == pytest.approx(preferred[best], abs=0.2)
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), [(BOX_OBS, DISCRETE_ACT), (BOX_OBS, BOX_ACT)])
+@torch.no_grad()
+def test_planner_choice_equals_argmax_of_independently_scored_candidates(obs_space, act_space):
+    model = tiny_model(obs_space, act_space, seed=5)
+    rng = np.random.default_rng(0)
+    for name, flag in (("edt", False), ("cdt", True)):
+        agent = make_agent(name, model, candidates=8)
+        agent.reset(seed=3)
+        ctx = Context(model)
+        for _ in range(6):
+            obs = rng.uniform(-1, 1, 3).astype(np.float32)
+            action = agent.act(obs, 0.5)
+            # Score the agent's candidates alone, one by one, on a context rebuilt independently.
+            ctx.push_observation(as_model_input(obs, obs_space))
+            h = ctx.push_return(None)
+            if isinstance(act_space, gym.spaces.Discrete):
+                candidates = torch.arange(act_space.n)
+            else:
+                generator = torch.Generator().manual_seed(0)
+                candidates = torch.cat(
+                    [model.sample_action(h, None, 0.0), model.sample_action(h, generator, 1.0, 7)]
+                )
+                candidates = torch.cat([candidates, torch.as_tensor(action).reshape(1, -1)])
+            scores = [float(ctx.evaluate_actions(c[None], flag).expected_return[0]) for c in candidates]
+            chosen = as_model_input(action, act_space)
+            chosen_score = float(ctx.evaluate_actions(chosen[None], flag).expected_return[0])
+            assert chosen_score >= max(scores) - 1e-5 or not isinstance(act_space, gym.spaces.Discrete)
+            if isinstance(act_space, gym.spaces.Discrete):
+                assert action == int(np.argmax(scores))
+            ctx.push_action(chosen, flag)
+            ctx.push_reward(0.5)
+
+
+def confounded_bandit_episodes(rng, n: int, p_match: float, intervene: bool):
+    """One-step episodes: hidden h ~ Bernoulli(0.5) is never observed; reward 1 iff the action
+    matches h. Demonstrators match h with probability p_match (evidence); an intervening agent
+    picks uniformly, independently of h."""
+    hidden = rng.integers(0, 2, n)
+    if intervene:
+        actions = rng.integers(0, 2, n)
+    else:
+        actions = np.where(rng.random(n) < p_match, hidden, 1 - hidden)
+    obs_space, act_space = gym.spaces.Discrete(1), gym.spaces.Discrete(2)
+    return (
+        [
+            episode_from_arrays(
+                observations=np.zeros(2, dtype=np.int64),
+                actions=actions[i : i + 1],
+                rewards=np.array([float(actions[i] == hidden[i])]),
+                terminations=np.array([True]),
+                truncations=np.array([False]),
+                observation_space=obs_space,
+                action_space=act_space,
+                interventions=np.array([intervene]),
+            )
+            for i in range(n)
+        ],
+        obs_space,
+        act_space,
+    )
+
+
+def action_values(tmp_path: Path, p_match: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    evidence, obs_space, act_space = confounded_bandit_episodes(rng, 1000, p_match, intervene=False)
+    interventions, _, _ = confounded_bandit_episodes(rng, 1000, p_match, intervene=True)
+    paths = [
+        save_dataset(eps, tmp_path / name, observation_space=obs_space, action_space=act_space)
+        for name, eps in (("evidence", evidence), ("interventions", interventions))
+    ]
+    cfg = TrainConfig(
+        data=tuple(str(p) for p in paths),
+        out=tmp_path / "run",
+        model=SimulatorConfig(context_len=1, n_embd=32, n_layer=1, n_head=1),
+        steps=300,
+        batch_size=128,
+        lr=3e-3,
+        warmup_steps=20,
+        eval_every=300,
+        log_every=300,
+    )
+    model = Simulator.load(train(cfg, progress=False))
+    ctx = Context(model)
+    with torch.no_grad():
+        ctx.push_observation(torch.tensor(0))
+        ctx.push_return(None)
+        edt = ctx.evaluate_actions(torch.arange(2), intervention=False).expected_return.numpy()
+        cdt = ctx.evaluate_actions(torch.arange(2), intervention=True).expected_return.numpy()
+    return edt, cdt
+
+
+def test_evidential_and_interventional_values_differ_only_on_confounded_data(tmp_path: Path):
+    edt, cdt = action_values(tmp_path / "confounded", p_match=0.9)
+    # Evidence: the demonstrator's choice reveals h, so the action "wins" 90% of the time.
+    assert edt == pytest.approx([0.9, 0.9], abs=0.1)
+    assert cdt == pytest.approx([0.5, 0.5], abs=0.1)
+    edt, cdt = action_values(tmp_path / "unconfounded", p_match=0.5)
+    assert np.abs(edt - cdt).max() < 0.1
+    assert edt == pytest.approx([0.5, 0.5], abs=0.1)
+
+
+def test_evaluate_is_deterministic_under_a_seed():
+    env = gym.make("CartPole-v1")
+    model = tiny_model(CARTPOLE_OBS, DISCRETE_ACT.__class__(2), seed=1)
+    for name in ("imitation", "dt"):
+        a = evaluate(make_agent(name, model), env, episodes=3, seed=7).returns
+        b = evaluate(make_agent(name, model), env, episodes=3, seed=7).returns
+        assert a == b
+    many = {
+        tuple(evaluate(make_agent("imitation", model), env, episodes=3, seed=s).returns) for s in range(4)
+    }
+    assert len(many) > 1  # the seed does reach the sampling
+
+
+def test_agent_registry_errors():
+    model = tiny_model()
+    with pytest.raises(SimagentsError, match="choose one of"):
+        make_agent("oracle", model)
+    with pytest.raises(SimagentsError, match="temperature"):
+        make_agent("imitation", model, temperature=-1)
+    with pytest.raises(SimagentsError, match="percentile"):
+        make_agent("dt", model, target="best")
+    assert {"imitation", "dt", "edt", "cdt"} <= set(AGENTS)
+
+
+def test_dt_lowers_its_target_by_the_rewards_received():
+    model = tiny_model()
+    agent = make_agent("dt", model, target=10.0)
+    agent.reset(seed=0)
+    for reward in (0.0, 1.5, 2.0):
+        agent.act(np.zeros(3, dtype=np.float32), reward)
+    prompted = [r["prompted_return"] for r in agent.step_records]
+    assert prompted == [10.0, 8.5, 6.5]

@@ -1,0 +1,88 @@
+"""Bad input at the command line: one line on stderr, exit status 2, no traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers import BOX_OBS, DISCRETE_ACT, random_episode, tiny_model
+from simagents.cli import main
+from simagents.data.minari_io import save_dataset
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "simagents.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0]
+
+
+def test_missing_dataset_path(tmp_path: Path):
+    result = run_cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"))
+    assert_clean_error(result, "nowhere")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nan_rewards_in_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    episode = random_episode(np.random.default_rng(0), 5, BOX_OBS, DISCRETE_ACT)
+    data = save_dataset([episode], tmp_path / "bad", observation_space=BOX_OBS, action_space=DISCRETE_ACT)
+    with h5py.File(data / "data" / "main_data.hdf5", "r+") as f:  # corrupt it behind minari's back
+        f["episode_0/rewards"][2] = np.nan
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and str(data) in err and len(err.strip().splitlines()) == 1
+
+
+def test_env_with_the_wrong_action_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    tiny_model(BOX_OBS, DISCRETE_ACT).save(tmp_path / "ckpt")
+    assert main(["eval", str(tmp_path / "ckpt"), "--env", "Pendulum-v1", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "space" in err and "Pendulum-v1" in err
+
+
+def test_truncated_safetensors_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    tiny_model().save(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["info", str(tmp_path / "ckpt")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_unknown_key_in_checkpoint_config(tmp_path: Path):
+    tiny_model().save(tmp_path / "ckpt")
+    config = tmp_path / "ckpt" / "config.json"
+    values = json.loads(config.read_text())
+    values["model"]["n_heads"] = 4
+    config.write_text(json.dumps(values))
+    assert_clean_error(run_cli("info", str(tmp_path / "ckpt")), "n_heads", "config.json")
+
+
+def test_unknown_option_and_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    tiny_model(BOX_OBS, DISCRETE_ACT).save(tmp_path / "ckpt")
+    assert main(["eval", str(tmp_path / "ckpt"), "--agent", "oracle"]) == 2
+    assert "oracle" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "ckpt"), "--agent", "dt", "--option", "targett=3"]) == 2
+    assert "targett" in capsys.readouterr().err
+
+
+def test_unknown_flag_is_a_usage_error(tmp_path: Path):
+    result = run_cli("train", "--data", "x", "--out", str(tmp_path / "run"), "--model.n-embed", "3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_unknown_env_id(tmp_path: Path):
+    result = run_cli("collect", "--env", "NoSuchEnv-v9", "--out", str(tmp_path / "d"), "--episodes", "1")
+    assert_clean_error(result, "NoSuchEnv-v9")
+    assert not (tmp_path / "d").exists()
