@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv study demo test test-all lint format clean
+.PHONY: venv study test test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job on built-in defaults: collect CartPole mixed-skill data, train a simulator,
-# evaluate agents built from it. (Grows into the full study.)
+# The main job on built-in defaults: the study (collect, train, build agents, evaluate, report).
+# --resume: an interrupted run picks up where it stopped; a finished one just rewrites its report.
 study: $(STAMP)
-	$(VENV)/bin/simagents demo --out runs/demo
+	$(VENV)/bin/simagents study --profile quick --out runs/quick --resume
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -123,6 +123,7 @@ def study_command(
     profile: str = "quick",
     out: Path | None = None,
     seed: int = 0,
+    resume: bool = False,
 ) -> None:
     """Run the study: collect data, train simulators, build every agent, evaluate, write a report.
 
@@ -130,10 +131,11 @@ def study_command(
         profile: quick (minutes on a laptop) or smoke (seconds, for tests).
         out: Run folder (default runs/<date>-<profile>).
         seed: Seed of the whole study.
+        resume: Finish an interrupted study in --out, skipping its finished cells.
     """
     from simagents.study.run import run_study
 
-    folder = run_study(profile=profile, out=out, seed=seed, progress=sys.stderr.isatty())
+    folder = run_study(profile=profile, out=out, seed=seed, progress=sys.stderr.isatty(), resume=resume)
     print(f"wrote {folder}/report.md")
 
 

@@ -1,0 +1,1 @@
+"""The study: experiments over every route and testbed, their metrics, and the report."""
