@@ -134,7 +134,7 @@ def test_truncated_weights_file_is_a_clear_error(tmp_path: Path):
     model.save(tmp_path / "ckpt")
     weights = tmp_path / "ckpt" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(SimagentsError, match="model.safetensors"):
+    with pytest.raises(SimagentsError, match=r"model\.safetensors"):
         Simulator.load(tmp_path / "ckpt")
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -88,5 +89,5 @@ def test_learning_rate_warms_up_then_decays():
     cfg = TrainConfig(data=("x",), out=Path("x"), steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     lrs = [learning_rate(cfg, s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)

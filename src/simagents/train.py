@@ -178,7 +178,7 @@ def load_training_data(refs: tuple[str, ...]) -> Dataset:
 def split_episodes(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of episode indices into (train, validation); validation may be empty."""
     order = np.random.default_rng([seed, 7]).permutation(n)
-    n_val = int(round(n * fraction)) if n >= 5 else 0
+    n_val = round(n * fraction) if n >= 5 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
@@ -390,14 +390,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             tps = tokens_per_step / max(now - tick, 1e-9)
             tick = now
             bar.update(task, completed=done, loss=total.item(), tps=tps)
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
+            if evaluate_now or done % cfg.log_every == 0:
                 metrics = {f"train/loss_{k}": v.item() for k, v in losses.items()}
                 metrics.update({"train/loss": total.item(), "train/lr": learning_rate(cfg, step)})
                 metrics["train/grad_norm"] = float(grad_norm)
-                if done % cfg.eval_every == 0 or done == cfg.steps:
-                    if val_sampler is not None:
-                        metrics.update(evaluate_heldout(model, val_sampler))
+                if evaluate_now and val_sampler is not None:
+                    metrics.update(evaluate_heldout(model, val_sampler))
                 log.write(done, metrics)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if evaluate_now:
                 save_checkpoint(cfg.out, model, optimizer, done, cfg.keep_checkpoints)
     return cfg.out

@@ -10,9 +10,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from simagents.io import atomic_write_text  # noqa: E402
+from simagents.io import atomic_write_text
 
 ROUTES = {
     "imitation": "route 1, imitation: samples the next action with the return unknown",
@@ -96,11 +96,16 @@ def interpretation(result: dict[str, Any]) -> str:
                 else "not the population's mean, so at this budget it is not yet a faithful simulator of it."
             )
         )
-    for name, label in (("dt", "Return conditioning (route 2)"), ("edt", "Planning over predicted returns (route 5)")):
+    for name, label in (
+        ("dt", "Return conditioning (route 2)"),
+        ("edt", "Planning over predicted returns (route 5)"),
+    ):
         if name in agents:
             got = agents[name]["mean_return"]
             verdict = "plays like the best of them" if got >= 0.9 * best else "stays below the best of them"
-            parts.append(f"{label} scored {got:.1f} against the best behaviour policy's {best:.1f}: it {verdict}.")
+            parts.append(
+                f"{label} scored {got:.1f} against the best behaviour policy's {best:.1f}: it {verdict}."
+            )
     return " ".join(parts)
 
 
@@ -135,7 +140,9 @@ def markdown_to_html(text: str, folder: Path) -> str:
         if not table:
             return
         head, *rows = table
-        body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>")
+        body.append(
+            "<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
+        )
         body.append(
             "<tbody>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)

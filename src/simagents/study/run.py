@@ -55,7 +55,9 @@ PROFILES = {
 CONTROL_AGENTS = ("imitation", "dt", "edt")
 
 
-def run_control_cell(folder: Path, env_id: str, profile: Profile, seed: int, progress: bool) -> dict[str, Any]:
+def run_control_cell(
+    folder: Path, env_id: str, profile: Profile, seed: int, progress: bool
+) -> dict[str, Any]:
     """Mixed-skill data on a control task; D4RL-style scores between random (0) and the best policy (100)."""
     data = folder / "data"
     if not (data / "data").is_dir():
@@ -63,7 +65,9 @@ def run_control_cell(folder: Path, env_id: str, profile: Profile, seed: int, pro
     dataset = load_dataset(data)
     run = folder / "simulator"
     cfg = TrainConfig(data=(str(data),), out=run, model=profile.model, steps=profile.steps, seed=seed)
-    cfg = replace(cfg, eval_every=max(cfg.steps // 4, 1), log_every=max(min(cfg.log_every, cfg.steps // 4), 1))
+    cfg = replace(
+        cfg, eval_every=max(cfg.steps // 4, 1), log_every=max(min(cfg.log_every, cfg.steps // 4), 1)
+    )
     resume = (run / "checkpoints").exists()
     train(cfg, resume=resume, progress=progress)
     simulator = Simulator.load(run)
@@ -80,7 +84,9 @@ def run_control_cell(folder: Path, env_id: str, profile: Profile, seed: int, pro
     env = make_env(env_id)
     agents = {}
     for name in CONTROL_AGENTS:
-        summary = evaluate(make_agent(name, simulator), env, profile.eval_episodes, seed=10_000 + seed).summary()
+        summary = evaluate(
+            make_agent(name, simulator), env, profile.eval_episodes, seed=10_000 + seed
+        ).summary()
         summary["normalised_score"] = normalised(summary["mean_return"])
         agents[name] = summary
     heldout = [
@@ -109,7 +115,11 @@ CELLS = {"cartpole": cartpole_cell}
 
 
 def run_study(
-    profile: str = "quick", out: Path | None = None, seed: int = 0, progress: bool = True, resume: bool = False
+    profile: str = "quick",
+    out: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    resume: bool = False,
 ) -> Path:
     """Run every cell of the study and write results.json, report.md, report.html and figures/."""
     if profile not in PROFILES:
@@ -119,9 +129,13 @@ def run_study(
     config = {"profile": profile, "seed": seed, "budget": to_dict(budget)}
     if folder.exists() and any(folder.iterdir()):
         if not resume:
-            raise SimagentsError(f"{folder}: already exists; pass --resume to finish that study or choose another --out")
+            raise SimagentsError(
+                f"{folder}: already exists; pass --resume to finish that study or choose another --out"
+            )
         if read_json(folder / "config.json", "study config") != config:
-            raise SimagentsError(f"{folder}/config.json: made with another profile or seed; resume with the same ones")
+            raise SimagentsError(
+                f"{folder}/config.json: made with another profile or seed; resume with the same ones"
+            )
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "config.json", config)
     atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
