@@ -1,0 +1,37 @@
+"""Decision-theory testbeds as gymnasium envs, registered as ``simagents/...`` on import.
+
+- ``newcomb``: ``simagents/Newcomb-v0``, actions ``one_box``, ``two_box``
+- ``twin_pd``: ``simagents/TwinPrisonersDilemma-v0``, actions ``cooperate``, ``defect``
+- ``smoking_lesion``: ``simagents/SmokingLesion-v0``, actions ``smoke``, ``abstain``
+- ``delusion_boxes``: ``simagents/DelusionBoxes-v0``, actions ``left``, ``right``
+- ``gamble``: ``simagents/Gamble-v0``, actions ``risky``, ``small``, ``sure``
+
+Every number of a problem is a keyword argument of ``gymnasium.make``::
+
+    >>> import gymnasium as gym
+    >>> import simagents.envs
+    >>> env = gym.make("simagents/Newcomb-v0", accuracy=0.6)
+    >>> simagents.envs.TESTBEDS["newcomb"].theory(accuracy=0.6)["edt"]["choice"]
+    'one_box'
+
+Each testbed's record in :data:`TESTBEDS` carries its theory (what EDT and CDT choose, what
+each choice is worth) and its ``demonstrations`` function (observational or
+interventional data as :class:`~simagents.data.episodes.Episode` lists).
+"""
+
+from __future__ import annotations
+
+from simagents.envs import delusion_boxes, gamble, newcomb, smoking_lesion, twin_pd
+from simagents.envs.base import (
+    TESTBEDS,
+    Testbed,
+    check_params,
+    get_testbed,
+    register_testbed,
+)
+
+for _module in (newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble):
+    if _module.TESTBED.name not in TESTBEDS:  # importing twice (reload) must not fail
+        register_testbed(_module.TESTBED)
+
+__all__ = ["TESTBEDS", "Testbed", "check_params", "get_testbed", "register_testbed"]
