@@ -28,21 +28,28 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
     episode = random_episode(np.random.default_rng(1), 11, obs_space, act_space)
     rtg = episode.returns_to_go()
     ctx = Context(model)
+    lazy = Context(model)  # as agents use it: a, r, o, R run together in one pass
     held_sizes = set()
     for t in range(len(episode)):
-        hidden = {
-            "obs": ctx.push_observation(as_model_input(episode.observations[t], obs_space)),
-            "return": ctx.push_return(float(rtg[t]) if known else None),
-            "action": ctx.push_action(
-                as_model_input(episode.actions[t], act_space), bool(episode.interventions[t])
-            ),
-            "reward": ctx.push_reward(float(episode.rewards[t])),
-        }
+        lazy.push_observation(as_model_input(episode.observations[t], obs_space))
+        policy_input = lazy.push_return(float(rtg[t]) if known else None)
+        lazy.push_action(as_model_input(episode.actions[t], act_space), bool(episode.interventions[t]))
+        lazy.push_reward(float(episode.rewards[t]))
+        ctx.push_observation(as_model_input(episode.observations[t], obs_space))
+        hidden = {"obs": ctx.hidden()}
+        hidden["return"] = ctx.push_return(float(rtg[t]) if known else None)
+        ctx.push_action(as_model_input(episode.actions[t], act_space), bool(episode.interventions[t]))
+        hidden["action"] = ctx.hidden()
+        ctx.push_reward(float(episode.rewards[t]))
+        hidden["reward"] = ctx.hidden()
         held = ctx.held_steps
         held_sizes.add(held)
         full = full_forward(model, episode, t - held + 1, t + 1, known)
         for kind, h in hidden.items():
             torch.testing.assert_close(h[0], full[kind][0, -1], atol=1e-5, rtol=1e-5)
+        lazy_held = lazy.held_steps
+        lazy_full = full_forward(model, episode, t - lazy_held + 1, t + 1, known)
+        torch.testing.assert_close(policy_input[0], lazy_full["return"][0, -1], atol=1e-5, rtol=1e-5)
     assert held_sizes == {1, 2, 3, 4}, "the window should fill up and be refilled"
 
 
@@ -71,7 +78,8 @@ def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space):
         )
         torch.testing.assert_close(alone.reward[0], together.reward[i], atol=1e-5, rtol=1e-5)
     # Committing a candidate gives the same action value as scoring it.
-    h = ctx.push_action(candidates[0], True)
+    ctx.push_action(candidates[0], True)
+    h = ctx.hidden()
     torch.testing.assert_close(
         model.expected_return(model.action_value_head(h))[0],
         together.expected_return[0],

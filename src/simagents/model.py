@@ -496,54 +496,66 @@ class ActionEvaluation:
 class Context:
     """One episode's history, decoded step by step through a KV cache.
 
-    Push tokens in the order o, R, a, r. A full cache keeps its newest half and is
-    refilled from the stored embeddings, so every output equals the full forward
-    pass over the window held. Run under ``torch.no_grad()`` in eval mode.
+    Push tokens in the order o, R, a, r. Pushes are lazy: tokens wait until a hidden
+    state is needed (:meth:`hidden`, :meth:`push_return`, :meth:`evaluate_actions`)
+    and then go through the transformer together, so one ``act`` costs one pass over
+    about four tokens. A full cache keeps its newest half and is refilled from the
+    stored embeddings, so every output equals the full forward pass over the window
+    held. Run under ``torch.no_grad()`` in eval mode.
     """
 
     def __init__(self, model: Simulator) -> None:
         self.model = model
         self.max_tokens = TOKENS_PER_STEP * model.cfg.context_len
         self.cache = KVCache(model.cfg, batch=1, max_tokens=self.max_tokens)
-        self.embeddings: list[Tensor] = []  # (1,1,d) per token held, for refills
+        self.embeddings: list[Tensor] = []  # (1,1,d) per token in the cache, kept for refills
+        self.pending: list[Tensor] = []  # (1,1,d) per token pushed but not yet run
+        self.last_hidden: Tensor | None = None
         self.timestep = -1
 
-    def _push(self, x: Tensor) -> Tensor:
-        if self.cache.length + x.shape[1] > self.max_tokens:
-            self._refill()
-        self.embeddings.append(x)
-        self.last_hidden = self.model.transform(x, self.cache)[:, -1]  # (1,d)
+    def hidden(self) -> Tensor:
+        """Run the pending tokens; the hidden state at the last token pushed (1,d)."""
+        if not self.pending:
+            if self.last_hidden is None:
+                raise RuntimeError("nothing pushed yet")
+            return self.last_hidden
+        tokens = self.embeddings + self.pending
+        n = len(self.pending)
+        self.pending = []
+        if self.cache.length + n <= self.max_tokens:
+            self.embeddings = tokens
+            h = self.model.transform(torch.cat(tokens[-n:], dim=1), self.cache)
+        else:  # keep the newest whole steps (and the step begun), rebuild the cache from them
+            keep_steps = self.model.cfg.context_len // 2
+            partial = len(tokens) % TOKENS_PER_STEP
+            self.embeddings = tokens[max(len(tokens) - partial - TOKENS_PER_STEP * keep_steps, 0) :]
+            self.cache.length = 0
+            h = self.model.transform(torch.cat(self.embeddings, dim=1), self.cache)
+        self.last_hidden = h[:, -1]
         return self.last_hidden
-
-    def _refill(self) -> None:
-        keep_steps = self.model.cfg.context_len // 2  # whole past steps kept, plus any partial step
-        partial = len(self.embeddings) % TOKENS_PER_STEP
-        start = len(self.embeddings) - partial - TOKENS_PER_STEP * keep_steps
-        self.embeddings = self.embeddings[max(start, 0) :]
-        self.cache.length = 0
-        if self.embeddings:
-            self.model.transform(torch.cat(self.embeddings, dim=1), self.cache)
 
     @property
     def held_steps(self) -> int:
-        """Timesteps (whole or begun) whose tokens the cache holds now."""
+        """Timesteps (whole or begun) whose tokens the cache holds after the pending ones run."""
+        self.hidden()
         return -(-len(self.embeddings) // TOKENS_PER_STEP)
 
     @staticmethod
     def _t(value: int) -> Tensor:
         return torch.tensor([[value]])
 
-    def push_observation(self, obs: Tensor) -> Tensor:
-        """Start a new timestep with its observation (obs_dim,) or scalar; returns hidden at o_t (1,d)."""
+    def push_observation(self, obs: Tensor) -> None:
+        """Start a new timestep with its observation: (obs_dim,) floats or a scalar index."""
         self.timestep += 1
         t = self._t(self.timestep)
-        return self._push(self.model.embed_observation(obs.reshape(1, 1, *obs.shape), t))
+        self.pending.append(self.model.embed_observation(obs.reshape(1, 1, *obs.shape), t))
 
     def push_return(self, target: float | None) -> Tensor:
-        """Return-to-go token (None: unknown); returns hidden at R_t (1,d), the policy's input."""
+        """Return-to-go token (None: unknown); returns the hidden state at R_t (1,d), the policy's input."""
         t = self._t(self.timestep)
         value = torch.tensor([[0.0 if target is None else float(target)]])
-        return self._push(self.model.embed_return(value, torch.tensor([[target is not None]]), t))
+        self.pending.append(self.model.embed_return(value, torch.tensor([[target is not None]]), t))
+        return self.hidden()
 
     def _action_tokens(self, actions: Tensor, intervention: bool) -> Tensor:
         n = actions.shape[0]
@@ -551,24 +563,22 @@ class Context:
         flags = torch.full((n, 1), intervention)
         return self.model.embed_action(actions.reshape(n, 1, *actions.shape[1:]), flags, t)  # (n,1,d)
 
-    def push_action(self, action: Tensor, intervention: bool) -> Tensor:
-        """The action taken, as evidence or intervention; returns hidden at a_t (1,d)."""
-        return self._push(self._action_tokens(action.reshape(1, *action.shape), intervention))
+    def push_action(self, action: Tensor, intervention: bool) -> None:
+        """The action taken, as evidence (False) or as an intervention (True)."""
+        self.pending.append(self._action_tokens(action.reshape(1, *action.shape), intervention))
 
-    def push_reward(self, reward: float) -> Tensor:
-        """The reward received; returns hidden at r_t (1,d), the world model's input."""
+    def push_reward(self, reward: float) -> None:
+        """The reward received for the action."""
         t = self._t(self.timestep)
-        return self._push(self.model.embed_reward(torch.tensor([[float(reward)]]), t))
+        self.pending.append(self.model.embed_reward(torch.tensor([[float(reward)]]), t))
 
     def evaluate_actions(self, candidates: Tensor, intervention: bool) -> ActionEvaluation:
         """Score N candidate actions (N,) or (N,act_dim) as one batch on the shared cached prefix.
 
-        Must follow push_return; nothing is stored."""
-        if self.cache.length + 1 > self.max_tokens:
-            self._refill()
-        h = self.model.transform(self._action_tokens(candidates, intervention), self.cache, commit=False)[
-            :, -1
-        ]
+        Call after push_return; nothing is stored."""
+        self.hidden()
+        tokens = self._action_tokens(candidates, intervention)
+        h = self.model.transform(tokens, self.cache, commit=False)[:, -1]  # (N,d)
         logits = self.model.action_value_head(h)
         return ActionEvaluation(logits, self.model.expected_return(logits), self.model.predicted_reward(h))
 

@@ -72,7 +72,7 @@ class DecisionTransformerAgent(SimulatorAgent):
     def _expert_return(self) -> float:
         """Sample R ∝ P(R | history) exp(κ R) from the value head at the current observation."""
         model = self.simulator
-        h_obs = self.context.last_hidden
+        h_obs = self.context.hidden()  # at o_t: the return token is not pushed yet
         log_p = torch.log_softmax(model.value_head(h_obs).reshape(-1), -1)
         bins = model.return_bins
         scaled = (bins - bins[0]) / (bins[-1] - bins[0])
