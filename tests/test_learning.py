@@ -31,7 +31,9 @@ def test_cartpole_simulator_learns_and_its_agents_beat_or_match_the_data(tmp_pat
         name: evaluate(make_agent(name, simulator), env, episodes=20, seed=100).summary()["mean_return"]
         for name in ("imitation", "dt", "edt")
     }
-    best = max(np.mean([e.episode_return for e in dataset.episodes if e.policy == p]) for p in dataset.policies)
+    best = max(
+        np.mean([e.episode_return for e in dataset.episodes if e.policy == p]) for p in dataset.policies
+    )
     data_mean = dataset.returns.mean()
     assert abs(scores["imitation"] - data_mean) < 0.35 * data_mean  # a copy of the population
     assert scores["dt"] >= 0.9 * best and scores["edt"] >= 0.9 * best  # agents at the best player's level

@@ -262,6 +262,21 @@ def one_step_episode(
     )
 
 
+def blocked_interventions(episodes: int, n_actions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocked randomisation for interventional data: ``(source, action)`` per episode.
+
+    Episode ``i`` replays the hidden draw of episode ``source[i]`` (the world: lesion,
+    prediction, the copy's move...) with action ``action[i]``; every hidden draw is played
+    with every action. The action is then independent of the hidden state in the sample
+    itself, not only in expectation, so the simulator's interventional values differ by
+    exactly the causal effect of the action. Without blocking, a small causal effect
+    (Newcomb's transparent 1,000 beside an opaque 1,000,000) drowns in sampling noise of
+    the hidden state: resolving it would take millions of episodes.
+    """
+    index = np.arange(episodes)
+    return index - index % n_actions, index % n_actions
+
+
 def check_episodes(episodes: int, where: str) -> None:
     """Raise :class:`SimagentsError` unless ``episodes`` is a positive count."""
     if int(episodes) != episodes or episodes < 1:

@@ -39,6 +39,7 @@ from simagents.envs.base import (
     OneShotEnv,
     Testbed,
     Theory,
+    blocked_interventions,
     check_episodes,
     check_probability,
     decision_summary,
@@ -141,8 +142,11 @@ def demonstrations(
     # The predictor reads the disposition; without intervention that is also the action.
     correct = rng.random(episodes) < p.accuracy
     prediction = np.where(correct, disposition, 1 - disposition)
-    random_action = rng.integers(2, size=episodes)
-    action = random_action if intervene else disposition
+    action = disposition
+    if intervene:
+        source, action = blocked_interventions(episodes, 2)
+        kind = kind[source]
+        prediction = prediction[source]
     reward = _reward(action, prediction, p)
     env = NewcombEnv()
     return [

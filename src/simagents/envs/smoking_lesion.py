@@ -39,6 +39,7 @@ from simagents.envs.base import (
     OneShotEnv,
     Testbed,
     Theory,
+    blocked_interventions,
     check_episodes,
     check_probability,
     decision_summary,
@@ -143,9 +144,11 @@ def demonstrations(
     lesion = rng.random(episodes) < p.p_lesion
     urge = np.where(rng.random(episodes) < p.tickle_accuracy, lesion, ~lesion)
     smokes = rng.random(episodes) < p.smoke(lesion, urge)
-    random_action = rng.integers(2, size=episodes)
-    action = random_action if intervene else np.where(smokes, SMOKE, ABSTAIN)
+    action = np.where(smokes, SMOKE, ABSTAIN)
     cancer = rng.random(episodes) < p.cancer(lesion)
+    if intervene:
+        source, action = blocked_interventions(episodes, 2)
+        urge, cancer = urge[source], cancer[source]
     reward = _reward(action, cancer, p)
     observation = p.observe(urge)
     env = SmokingLesionEnv(tickle=p.tickle)

@@ -36,6 +36,7 @@ from simagents.envs.base import (
     OneShotEnv,
     Testbed,
     Theory,
+    blocked_interventions,
     check_episodes,
     check_probability,
     decision_summary,
@@ -145,8 +146,11 @@ def demonstrations(
     # The copy runs the demonstrator's disposition; without intervention that is also its move.
     same = rng.random(episodes) < p.fidelity
     other = np.where(same, disposition, 1 - disposition)
-    random_action = rng.integers(2, size=episodes)
-    action = random_action if intervene else disposition
+    action = disposition
+    if intervene:
+        source, action = blocked_interventions(episodes, 2)
+        kind = kind[source]
+        other = other[source]
     reward = _payoff(action, other, p)
     env = TwinPDEnv()
     return [
