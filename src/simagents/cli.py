@@ -139,6 +139,67 @@ def study_command(
     print(f"wrote {folder}/report.md")
 
 
+def testbed_command(
+    name: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="NAME")],
+    out: Path,
+    param: tuple[str, ...] = (),
+    agents: str = "imitation,dt,edt,cdt",
+    seed: int = 0,
+    budget: str = "default",
+) -> None:
+    """Run one decision testbed: data, one simulator, every agent, theory beside measurement.
+
+    Args:
+        name: Testbed: newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble (or its env id).
+        out: Run folder to create (must be absent or empty); results go to OUT/results.json.
+        param: Testbed parameters as key=value, e.g. --param accuracy=0.6 big=1e6 (one --param flag).
+        agents: Comma-separated decision procedures to compare.
+        seed: Seed of the data, the training and the evaluation.
+        budget: Data, training and evaluation budget: default (minutes) or fast (for tests).
+    """
+    from simagents.study.testbed import run_testbed
+
+    params: dict[str, str] = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SimagentsError(f"--param {item!r}: expected key=value, e.g. --param accuracy=0.6")
+        if key.strip() in params:
+            raise SimagentsError(f"--param {key.strip()} is given twice")
+        params[key.strip()] = value.strip()  # the testbed converts and checks the values
+    names = [a.strip() for a in agents.split(",") if a.strip()]
+    results = run_testbed(
+        name, params, agents=names, seed=seed, out=out, budget=budget, progress=sys.stderr.isatty()
+    )
+    print(format_testbed_results(results))
+    print(f"wrote {Path(out).expanduser().absolute() / 'results.json'}")
+
+
+def format_testbed_results(results: dict[str, Any]) -> str:
+    """A compact table of a testbed run: per agent, its choices, returns and the theory's choice."""
+    params = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in results["params"].items()
+    )
+    rows = [("agent", "choice rates", "mean return", "steps", "delusion gap", "theory")]
+    for agent, r in results["agents"].items():
+        rates = " ".join(f"{choice} {rate:.2f}" for choice, rate in r["choice_rates"].items())
+        gap = r.get("delusion_gap")
+        rows.append(
+            (
+                agent,
+                rates,
+                f"{r['mean_return']:.4g} ± {r['std_return']:.3g}",
+                f"{r['mean_steps']:.2f}",
+                "-" if gap is None else f"{gap:+.3g}",
+                r.get("theory_choice") or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"{results['testbed']} ({params}), seed {results['seed']}"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from simagents.data.collect import CollectConfig
     from simagents.train import TrainConfig
@@ -153,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "info": info_command,
         "eval": eval_command,
         "study": study_command,
+        "testbed": testbed_command,
     }
     try:
         tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="simagents")
