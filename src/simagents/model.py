@@ -582,6 +582,87 @@ class Context:
         logits = self.model.action_value_head(h)
         return ActionEvaluation(logits, self.model.expected_return(logits), self.model.predicted_reward(h))
 
+    def fork(self, n: int, extra_tokens: int) -> Rollout:
+        """n imagined continuations of this history, sharing its cached prefix; the Context is unchanged.
+
+        The rollout's cache holds the prefix plus ``extra_tokens`` and is never refilled, so a
+        rollout may look past the ``context_len`` window the model was trained on (by at most
+        ``extra_tokens``). Rollouts are scratch for planning; the Context keeps its own window."""
+        self.hidden()
+        length = self.cache.length
+        cache = KVCache(self.model.cfg, batch=n, max_tokens=length + extra_tokens)
+        cache.k[:, :, :, :length] = self.cache.k[:, :, :, :length]  # (layers,1,H,L,hd) -> batch n
+        cache.v[:, :, :, :length] = self.cache.v[:, :, :, :length]
+        cache.length = length
+        return Rollout(self.model, cache, self.timestep)
+
+
+class Rollout:
+    """A batch of B imagined continuations of one history (made by :meth:`Context.fork`).
+
+    Row i is one continuation. Every push runs its tokens for all B rows in one committed
+    transformer pass and returns their hidden states; :meth:`select` keeps, drops or
+    duplicates rows (a beam search's bookkeeping). Timesteps go on from the forked
+    Context's: actions and rewards at the current one, an observation starts the next.
+    """
+
+    def __init__(self, model: Simulator, cache: KVCache, timestep: int) -> None:
+        self.model = model
+        self.cache = cache
+        self.timestep = timestep
+
+    @property
+    def batch(self) -> int:
+        return self.cache.k.shape[1]
+
+    def _t(self) -> Tensor:
+        return torch.full((self.batch, 1), self.timestep)
+
+    def _run(self, tokens: Tensor) -> Tensor:
+        """Embeddings (B,n,d) -> hidden states (B,n,d), stored in the cache."""
+        if self.cache.length + tokens.shape[1] > self.cache.k.shape[3]:
+            raise RuntimeError("rollout past the tokens its fork allocated")
+        return self.model.transform(tokens, self.cache)
+
+    def select(self, rows: Tensor) -> None:
+        """Keep rows (B',) long indices into the current batch, in that order; repeats duplicate."""
+        self.cache.k = self.cache.k[:, rows]
+        self.cache.v = self.cache.v[:, rows]
+
+    def push_actions(self, actions: Tensor, intervention: bool) -> Tensor:
+        """Actions (B,) long or (B,act_dim) -> hidden at a_t (B,d): reward and action-value heads."""
+        flags = torch.full((self.batch, 1), intervention)
+        return self._run(self.model.embed_action(actions.unsqueeze(1), flags, self._t()))[:, -1]
+
+    def push_rewards(self, rewards: Tensor) -> Tensor:
+        """Rewards (B,) in env units -> hidden at r_t (B,d): next-observation and termination heads."""
+        return self._run(self.model.embed_reward(rewards.unsqueeze(1), self._t()))[:, -1]
+
+    def push_observations(self, obs: Tensor, unknown_return: bool) -> Tensor:
+        """Start the next timestep: observations (B,) long or (B,obs_dim) -> hidden at o (B,1,d), or at
+        o and R (B,2,d) with the unknown-return token pushed too (value head at o, policy at R)."""
+        self.timestep += 1
+        t = self._t()
+        tokens = self.model.embed_observation(obs.unsqueeze(1), t)  # (B,1,d)
+        if unknown_return:
+            unknown = self.model.embed_return(
+                torch.zeros(self.batch, 1), torch.zeros(self.batch, 1, dtype=torch.bool), t
+            )
+            tokens = torch.cat([tokens, unknown], dim=1)
+        return self._run(tokens)
+
+    def predicted_observation(self, h_reward: Tensor) -> Tensor:
+        """Hidden at r_t (B,d) -> the world model's next observation in env form: (B,) long (argmax)
+        or (B,obs_dim) floats (the de-normalised mean)."""
+        out = self.model.next_obs_head(h_reward)
+        if self.model.obs_discrete:
+            return out.argmax(-1) + self.model.obs_start
+        return out * self.model.obs_std + self.model.obs_mean
+
+    def terminated(self, h_reward: Tensor) -> Tensor:
+        """Hidden at r_t (B,d) -> (B,) bool: the termination head says P(done) > 0.5."""
+        return torch.sigmoid(self.model.termination_head(h_reward).squeeze(-1)) > 0.5
+
 
 def token_size(space: gym.Space) -> tuple[bool, int]:
     """(is_discrete, size): number of values for Discrete, flattened length for Box."""

@@ -14,23 +14,127 @@ simulator about its own action (seed 000):
 Candidates: every action of a Discrete space; for Box, ``candidates`` samples from
 the imitation policy plus its mode. All are scored in one batch on the shared
 cached prefix.
+
+Scoring, by ``horizon``:
+
+- ``horizon=0`` (default): the one-step action-value head at a_t.
+- ``horizon=H``: roll the simulator's own world model H steps forward from each
+  candidate (trajectory-transformer style) and score it by the predicted rewards of
+  those steps plus the value head's expected return at the last predicted
+  observation. A continuation stops accumulating once the termination head says
+  P(done) > 0.5 (no value after termination). Later actions come from the imitation
+  policy (unknown return token): its mode with ``beam=1``; with ``beam=W > 1`` each
+  continuation is expanded with its W most probable actions (Discrete) or W sampled
+  ones (Box), and the W best per candidate by accumulated reward + value are kept.
+  The planner's own later actions carry its intervention flag. All candidates and
+  beams run as one batch: one transformer pass per token kind per step.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from simagents.agents.base import SimulatorAgent, register_agent
-from simagents.model import Simulator
+from simagents.model import TOKENS_PER_STEP, Context, Simulator
+
+
+@dataclass
+class PlanScores:
+    """What the planner knows about each of N candidates."""
+
+    total: Tensor  # (N,) predicted return: action value (horizon 0) or rewards + value of the best beam
+    reward: Tensor  # (N,) predicted immediate reward
+
+
+def policy_actions(
+    model: Simulator, h_return: Tensor, beam: int, generator: torch.Generator | None
+) -> Tensor:
+    """Hidden at R (B,d) -> next actions per row: (B,c) long or (B,c,act_dim) in env units.
+
+    beam 1: the mode (c=1). beam W > 1: the W most probable actions (Discrete, c=min(W, act_dim))
+    or W samples (Box, c=W)."""
+    params = model.action_params(h_return)
+    if model.act_discrete:
+        return params.topk(min(beam, model.act_dim), dim=-1).indices + model.act_start
+    mean, log_std = model._gaussian(params)  # (B,A) each, mean in [-1,1]
+    if beam == 1:
+        return model.denormalize_action(mean).unsqueeze(1)
+    noise = torch.randn(mean.shape[0], beam, mean.shape[1], generator=generator)
+    return model.denormalize_action(mean.unsqueeze(1) + log_std.exp().unsqueeze(1) * noise)
+
+
+def rollout_scores(
+    context: Context,
+    candidates: Tensor,
+    intervention: bool,
+    horizon: int,
+    beam: int = 1,
+    generator: torch.Generator | None = None,
+) -> PlanScores:
+    """Score N candidates (N,) or (N,act_dim) by an H-step rollout of the world model (beam search).
+
+    Call after the return token is pushed; the context is not changed (the rollout forks it)."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1 for a rollout, got {horizon}")
+    model = context.model
+    n = candidates.shape[0]
+    rollout = context.fork(n, extra_tokens=TOKENS_PER_STEP * horizon)  # a, r, o, R per step
+    actions = candidates  # (N*width, ...): the rows to push this step, candidate-major
+    width = 1  # continuations per candidate this step
+    total = torch.zeros(n, 1)  # (N,width) summed predicted rewards
+    alive = torch.ones(n, 1, dtype=torch.bool)  # (N,width) not terminated before this step
+    duplicate = torch.zeros(n, 1, dtype=torch.bool)  # (N,width) extra copies of a terminated beam
+    first_reward = torch.zeros(n)  # (N,) predicted reward of each candidate itself
+    for step in range(horizon):
+        last = step == horizon - 1
+        h_action = rollout.push_actions(actions, intervention)  # (B,d), B = N*width
+        reward = model.predicted_reward(h_action)  # (B,)
+        h_reward = rollout.push_rewards(reward)
+        done = rollout.terminated(h_reward)  # (B,)
+        h = rollout.push_observations(rollout.predicted_observation(h_reward), unknown_return=not last)
+        value = model.expected_return(model.value_head(h[:, 0]))  # (B,) at o_{t+step+1}
+        reward, done, value = (z.view(n, width) for z in (reward, done, value))
+        if step == 0:
+            first_reward = reward[:, 0]
+        total = total + alive * reward
+        alive = alive & ~done
+        score = total + alive * value  # (N,width)
+        if last:
+            break
+        # Keep the `beam` best continuations per candidate ...
+        keep = min(beam, width)
+        top = score.masked_fill(duplicate, -torch.inf).topk(keep, dim=1).indices  # (N,keep)
+        rows = (top + width * torch.arange(n).unsqueeze(1)).reshape(-1)  # (N*keep,)
+        total, alive = total.gather(1, top), alive.gather(1, top)
+        # ... and expand each with its next actions: c children per kept continuation.
+        children = policy_actions(model, h[rows, 1], beam, generator)  # (N*keep,c,...)
+        c = children.shape[1]
+        rollout.select(rows.repeat_interleave(c))
+        actions = children.flatten(0, 1)
+        # A terminated continuation's children are all the same; rank only its first.
+        duplicate = ((~alive).unsqueeze(-1) & (torch.arange(c) > 0)).reshape(n, keep * c)
+        total, alive = total.repeat_interleave(c, dim=1), alive.repeat_interleave(c, dim=1)
+        width = keep * c
+    return PlanScores(score.max(dim=1).values, first_reward)
 
 
 class PlannerAgent(SimulatorAgent):
-    def __init__(self, simulator: Simulator, intervention: bool, candidates: int = 16) -> None:
+    def __init__(
+        self, simulator: Simulator, intervention: bool, candidates: int = 16, horizon: int = 0, beam: int = 1
+    ) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
+        if horizon < 0:
+            raise ValueError(f"horizon must be >= 0, got {horizon}")
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
         self.intervention = intervention
         self.n_candidates = candidates
+        self.horizon = horizon
+        self.beam = beam
         super().__init__(simulator)
 
     def candidate_actions(self, h_return: Tensor) -> Tensor:
@@ -43,24 +147,31 @@ class PlannerAgent(SimulatorAgent):
     def choose(self) -> Tensor:
         h = self.context.push_return(None)
         candidates = self.candidate_actions(h)
-        scores = self.context.evaluate_actions(candidates, self.intervention)
-        best = int(torch.argmax(scores.expected_return))
+        scores = self.score(candidates)
+        best = int(torch.argmax(scores.total))
         self.step_records.append(
-            {
-                "predicted_return": float(scores.expected_return[best]),
-                "predicted_reward": float(scores.reward[best]),
-            }
+            {"predicted_return": float(scores.total[best]), "predicted_reward": float(scores.reward[best])}
         )
         return candidates[best]
 
+    def score(self, candidates: Tensor) -> PlanScores:
+        """Predicted return of each candidate (N,) or (N,act_dim) at the current step (return token pushed)."""
+        if self.horizon == 0:
+            evaluation = self.context.evaluate_actions(candidates, self.intervention)
+            return PlanScores(evaluation.expected_return, evaluation.reward)
+        return rollout_scores(
+            self.context, candidates, self.intervention, self.horizon, self.beam, self.generator
+        )
+
 
 @register_agent("edt")
-def make_edt(simulator: Simulator, candidates: int = 16) -> PlannerAgent:
-    """Evidential planner: the agent's own action is evidence."""
-    return PlannerAgent(simulator, intervention=False, candidates=candidates)
+def make_edt(simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1) -> PlannerAgent:
+    """Evidential planner: the agent's own action is evidence. horizon > 0: score by a rollout."""
+    return PlannerAgent(simulator, intervention=False, candidates=candidates, horizon=horizon, beam=beam)
 
 
 @register_agent("cdt")
-def make_cdt(simulator: Simulator, candidates: int = 16) -> PlannerAgent:
-    """Causal planner: the agent's own action is an intervention (needs counterfactual teaching)."""
-    return PlannerAgent(simulator, intervention=True, candidates=candidates)
+def make_cdt(simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1) -> PlannerAgent:
+    """Causal planner: the agent's own action is an intervention (needs counterfactual teaching).
+    horizon > 0: score by a rollout."""
+    return PlannerAgent(simulator, intervention=True, candidates=candidates, horizon=horizon, beam=beam)
