@@ -60,13 +60,24 @@ def info_command(run: tyro.conf.Positional[Path]) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def parse_options(options: tuple[str, ...]) -> dict[str, Any]:
-    """'key=value' pairs; values are read as JSON where they parse (numbers, true, null), else text."""
-    parsed: dict[str, Any] = {}
-    for item in options:
+def parse_pairs(items: tuple[str, ...], flag: str, example: str) -> dict[str, str]:
+    """Repeatable ``key=value`` arguments as a dict of text values; malformed or repeated keys are errors."""
+    pairs: dict[str, str] = {}
+    for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise SimagentsError(f"--option {item!r}: expected key=value, e.g. --option target=450")
+            raise SimagentsError(f"{flag} {item!r}: expected key=value, e.g. {flag} {example}")
+        if key in pairs:
+            raise SimagentsError(f"{flag} {key} is given twice")
+        pairs[key] = value.strip()
+    return pairs
+
+
+def parse_options(options: tuple[str, ...]) -> dict[str, Any]:
+    """Agent options; values are read as JSON where they parse (numbers, true, null), else as text."""
+    parsed: dict[str, Any] = {}
+    for key, value in parse_pairs(options, "--option", "target=450").items():
         try:
             parsed[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -159,14 +170,7 @@ def testbed_command(
     """
     from simagents.study.testbed import run_testbed
 
-    params: dict[str, str] = {}
-    for item in param:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SimagentsError(f"--param {item!r}: expected key=value, e.g. --param accuracy=0.6")
-        if key.strip() in params:
-            raise SimagentsError(f"--param {key.strip()} is given twice")
-        params[key.strip()] = value.strip()  # the testbed converts and checks the values
+    params = parse_pairs(param, "--param", "accuracy=0.6")  # the testbed converts and checks the values
     names = [a.strip() for a in agents.split(",") if a.strip()]
     results = run_testbed(
         name, params, agents=names, seed=seed, out=out, budget=budget, progress=sys.stderr.isatty()
