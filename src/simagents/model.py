@@ -91,8 +91,9 @@ class SimulatorConfig:
     max_timestep: int = 0
     """Size of the timestep embedding table; later timesteps share the last entry. 0: fit to the
     longest episode in the training data."""
-    n_return_bins: int = 51
-    """Bins of the categorical return distribution, spread over the data's return range."""
+    n_return_bins: int = 201
+    """Bins of the categorical return distribution, spread over the data's return range. Fine bins
+    matter to planners: on CartPole, 51 bins left edt at 473 of 500, 201 bins reached 491."""
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:

@@ -73,6 +73,10 @@ class TestbedBudget:
     """Simulator width."""
     n_layer: int = 2
     """Simulator depth. The context is the longest episode in the data."""
+    n_return_bins: int = 51
+    """Return bins. The testbeds' returns take few values; with 201 bins (the CartPole default) the
+    evidential planner in DelusionBoxes also switches boxes after a miss (measured: equal mean
+    steps, 1.465), so its off-distribution behaviour depends on the return head's resolution."""
     threads: int = 1
     """torch threads for training and acting (restored afterwards). One is fastest for models
     this small: two threads spend more time synchronising than computing, and on a busy
@@ -308,7 +312,12 @@ def _run(
     cfg = TrainConfig(
         data=tuple(d["path"] for d in data.values()),
         out=folder / "simulator",
-        model=SimulatorConfig(context_len=context_len, n_embd=budget.n_embd, n_layer=budget.n_layer),
+        model=SimulatorConfig(
+            context_len=context_len,
+            n_embd=budget.n_embd,
+            n_layer=budget.n_layer,
+            n_return_bins=budget.n_return_bins,
+        ),
         steps=budget.steps,
         batch_size=budget.batch_size,
         lr=budget.lr,
