@@ -106,9 +106,11 @@ def register_agent(name: str) -> Callable[[AgentFactory], AgentFactory]:
 def make_agent(name: str, simulator: Simulator, **options: Any) -> Agent:
     """Wrap ``simulator`` in the decision procedure ``name`` (see ``AGENTS`` for the names).
 
-    >>> from simagents.agents import make_agent
-    >>> sorted(n for n in ("imitation", "dt", "edt", "cdt"))  # the built-in routes
-    ['cdt', 'dt', 'edt', 'imitation']
+    Example::
+
+        simulator = Simulator.load("runs/cartpole")
+        agent = make_agent("dt", simulator, target="max")
+        result = evaluate(agent, gymnasium.make("CartPole-v1"), episodes=20, seed=0)
     """
     if name not in AGENTS:
         raise SimagentsError(f"agent {name!r} is not registered; choose one of: {', '.join(sorted(AGENTS))}")
