@@ -11,7 +11,7 @@ from simagents.data.collect import CollectConfig, collect
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json
 from simagents.model import Simulator, SimulatorConfig
-from simagents.train import TrainConfig, learning_rate, train
+from simagents.train import RunLog, TrainConfig, learning_rate, train
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,10 @@ def test_learning_rate_warms_up_then_decays():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path: Path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "tra')
+    RunLog(log, resume_step=2)
+    assert log.read_text() == '{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n'

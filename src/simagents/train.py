@@ -250,13 +250,21 @@ def replace_known(batch: dict[str, torch.Tensor], known: bool) -> dict[str, torc
     return {**batch, "return_known": torch.full_like(batch["return_known"], known)}
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a crash counts as past any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class RunLog:
     """metrics.jsonl, appended line by line; on resume, lines past the checkpoint are dropped."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
