@@ -277,6 +277,45 @@ def blocked_interventions(episodes: int, n_actions: int) -> tuple[np.ndarray, np
     return index - index % n_actions, index % n_actions
 
 
+def mirrored_population(
+    rng: np.random.Generator,
+    episodes: int,
+    shares: tuple[float, float],
+    undecided_first: float,
+    mirror_accuracy: float,
+    intervene: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Demonstrators of a two-action problem in which something mirrors the chooser's disposition
+    (Newcomb's predictor, the twin's copy). Returns ``(kind, action, mirror)`` per episode.
+
+    ``kind`` 0 always takes action 0, 1 always action 1, 2 is undecided (action 0 with
+    probability ``undecided_first``); ``shares`` are the first two kinds' shares. The mirror
+    matches the disposition with probability ``mirror_accuracy``. With ``intervene`` the actions
+    are blocked interventions and each block replays one demonstrator's world.
+    """
+    undecided = max(0.0, 1.0 - shares[0] - shares[1])
+    weights = np.array([shares[0], shares[1], undecided])
+    kind = rng.choice(3, size=episodes, p=weights / weights.sum())
+    coin = np.where(rng.random(episodes) < undecided_first, 0, 1)
+    disposition = np.select([kind == 0, kind == 1], [0, 1], default=coin)
+    matches = rng.random(episodes) < mirror_accuracy
+    mirror = np.where(matches, disposition, 1 - disposition)
+    action = disposition
+    if intervene:
+        source, action = blocked_interventions(episodes, 2)
+        kind, mirror = kind[source], mirror[source]
+    return kind, action, mirror
+
+
+def check_population(where: str, **shares: float) -> None:
+    """The two pure kinds' shares may not exceed 1 together: the rest are undecided."""
+    (first, a), (second, b) = shares.items()
+    if a + b > 1.0 + 1e-12:
+        raise SimagentsError(
+            f"{where}: {first} + {second} must be at most 1 (the rest are undecided), got {a} + {b}"
+        )
+
+
 def check_episodes(episodes: int, where: str) -> None:
     """Raise :class:`SimagentsError` unless ``episodes`` is a positive count."""
     if int(episodes) != episodes or episodes < 1:

@@ -39,14 +39,14 @@ from simagents.envs.base import (
     OneShotEnv,
     Testbed,
     Theory,
-    blocked_interventions,
     check_episodes,
+    check_population,
     check_probability,
     decision_summary,
+    mirrored_population,
     one_step_episode,
     parse_params,
 )
-from simagents.errors import SimagentsError
 
 ONE_BOX, TWO_BOX = 0, 1
 ACTION_NAMES = ("one_box", "two_box")
@@ -79,11 +79,7 @@ class NewcombParams:
             two_boxers=self.two_boxers,
             undecided_one_box=self.undecided_one_box,
         )
-        if self.one_boxers + self.two_boxers > 1.0 + 1e-12:
-            raise SimagentsError(
-                f"{where}: one_boxers + two_boxers must be at most 1 (the rest are undecided), "
-                f"got {self.one_boxers} + {self.two_boxers}"
-            )
+        check_population(where, one_boxers=self.one_boxers, two_boxers=self.two_boxers)
 
     @property
     def undecided(self) -> float:
@@ -135,18 +131,10 @@ def demonstrations(
     """
     p = parse_params(NewcombParams, env_kwargs, where="newcomb demonstrations")
     check_episodes(episodes, "newcomb demonstrations")
-    shares = np.array([p.one_boxers, p.two_boxers, p.undecided])
-    kind = rng.choice(len(TYPES), size=episodes, p=shares / shares.sum())
-    coin = np.where(rng.random(episodes) < p.undecided_one_box, ONE_BOX, TWO_BOX)
-    disposition = np.select([kind == 0, kind == 1], [ONE_BOX, TWO_BOX], default=coin)
     # The predictor reads the disposition; without intervention that is also the action.
-    correct = rng.random(episodes) < p.accuracy
-    prediction = np.where(correct, disposition, 1 - disposition)
-    action = disposition
-    if intervene:
-        source, action = blocked_interventions(episodes, 2)
-        kind = kind[source]
-        prediction = prediction[source]
+    kind, action, prediction = mirrored_population(
+        rng, episodes, (p.one_boxers, p.two_boxers), p.undecided_one_box, p.accuracy, intervene
+    )
     reward = _reward(action, prediction, p)
     env = NewcombEnv()
     return [

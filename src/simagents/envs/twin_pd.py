@@ -36,14 +36,14 @@ from simagents.envs.base import (
     OneShotEnv,
     Testbed,
     Theory,
-    blocked_interventions,
     check_episodes,
+    check_population,
     check_probability,
     decision_summary,
+    mirrored_population,
     one_step_episode,
     parse_params,
 )
-from simagents.errors import SimagentsError
 
 COOPERATE, DEFECT = 0, 1
 ACTION_NAMES = ("cooperate", "defect")
@@ -80,11 +80,7 @@ class TwinPDParams:
             defectors=self.defectors,
             undecided_cooperate=self.undecided_cooperate,
         )
-        if self.cooperators + self.defectors > 1.0 + 1e-12:
-            raise SimagentsError(
-                f"{where}: cooperators + defectors must be at most 1 (the rest are undecided), "
-                f"got {self.cooperators} + {self.defectors}"
-            )
+        check_population(where, cooperators=self.cooperators, defectors=self.defectors)
 
     @property
     def undecided(self) -> float:
@@ -139,18 +135,10 @@ def demonstrations(
     """
     p = parse_params(TwinPDParams, env_kwargs, where="twin_pd demonstrations")
     check_episodes(episodes, "twin_pd demonstrations")
-    shares = np.array([p.cooperators, p.defectors, p.undecided])
-    kind = rng.choice(len(TYPES), size=episodes, p=shares / shares.sum())
-    coin = np.where(rng.random(episodes) < p.undecided_cooperate, COOPERATE, DEFECT)
-    disposition = np.select([kind == 0, kind == 1], [COOPERATE, DEFECT], default=coin)
     # The copy runs the demonstrator's disposition; without intervention that is also its move.
-    same = rng.random(episodes) < p.fidelity
-    other = np.where(same, disposition, 1 - disposition)
-    action = disposition
-    if intervene:
-        source, action = blocked_interventions(episodes, 2)
-        kind = kind[source]
-        other = other[source]
+    kind, action, other = mirrored_population(
+        rng, episodes, (p.cooperators, p.defectors), p.undecided_cooperate, p.fidelity, intervene
+    )
     reward = _payoff(action, other, p)
     env = TwinPDEnv()
     return [
