@@ -130,6 +130,36 @@ def eval_command(
     print(json.dumps(report, indent=2))
 
 
+def finetune_command(
+    run: tyro.conf.Positional[Path],
+    config: Annotated[Any, tyro.conf.arg(name="")],
+    out: Path,
+    env: str = "CartPole-v1",
+    param: tuple[str, ...] = (),
+) -> None:
+    """RL fine-tuning (route 4): train a simulator's policy head by policy gradient in an env.
+
+    Args:
+        run: Run folder (or checkpoint folder) of a trained simulator.
+        out: Folder for the fine-tuned simulator (must be absent or empty); play it with
+            `simagents eval OUT --agent rl`.
+        env: Gymnasium env id (its spaces must match the simulator's).
+        param: Env keyword arguments as key=value, e.g. --param delay=1 horizon=10.
+    """
+    from simagents.agents.rl import finetune
+    from simagents.data.collect import make_env
+    from simagents.data.minari_io import check_env_spaces
+    from simagents.model import Simulator
+
+    simulator = Simulator.load(run)
+    env_kwargs = parse_options(param)
+    environment = make_env(env, env_kwargs)
+    check_env_spaces(simulator.observation_space, simulator.action_space, environment, str(run))
+    source = {"run": str(run), "env": env, "env_kwargs": env_kwargs}
+    finetune(simulator, environment, out, config, source=source, progress=sys.stderr.isatty())
+    print(f"wrote {out}; metrics in {out}/metrics.jsonl")
+
+
 def study_command(
     profile: str = "quick",
     out: Path | None = None,
@@ -205,6 +235,7 @@ def format_testbed_results(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simagents.agents.rl import FinetuneConfig
     from simagents.data.collect import CollectConfig
     from simagents.train import TrainConfig
 
@@ -212,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     # importing this module stays cheap.
     collect_command.__annotations__["config"] = Annotated[CollectConfig, tyro.conf.arg(name="")]
     train_command.__annotations__["config"] = Annotated[TrainConfig, tyro.conf.arg(name="")]
+    finetune_command.__annotations__["config"] = Annotated[FinetuneConfig, tyro.conf.arg(name="")]
     commands = {
         "collect": collect_command,
         "train": train_command,
@@ -219,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": eval_command,
         "study": study_command,
         "testbed": testbed_command,
+        "finetune": finetune_command,
     }
     try:
         tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="simagents")

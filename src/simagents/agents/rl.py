@@ -1,0 +1,311 @@
+"""Route 4, RL fine-tuning: adjust the simulator's policy head to maximise reward in an env.
+
+The fine-tuned simulator acts like ``imitation`` (return token *unknown*, the next action
+sampled from the policy head, one KV-cache :class:`~simagents.model.Context` per episode),
+but its policy head has been trained by policy gradient on its own episodes, with a penalty
+on the KL divergence from the frozen pre-trained policy. The simulated distribution of
+players collapses towards one player: the one the reward favours.
+
+Only the policy head learns; the transformer stays frozen. Its hidden state at each return
+token is then a fixed function of the trajectory, so an episode's features are computed once,
+while acting, and every update re-reads them. Hence a PPO-style clipped objective rather than
+plain REINFORCE: with episodes the expensive part and updates nearly free, several epochs per
+batch of episodes pay off, and the ratio clip keeps those repeated steps from overshooting
+the policy that collected the batch. The baseline is learned: a linear regression of the
+discounted return on the same features, fitted on the *previous* batches (fitting it on the
+batch it scores would bias the gradient).
+
+Result: a normal simulator folder (``Simulator.save``: safetensors + JSON), plus
+``finetune.json`` (the settings), ``metrics.jsonl`` (``rl/return``, ``rl/entropy``,
+``rl/kl`` ... per iteration) and ``command.txt``. ``make_agent("rl", Simulator.load(out))``
+plays it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from simagents.agents.base import SimulatorAgent, register_agent
+from simagents.errors import SimagentsError
+from simagents.io import atomic_write_json, atomic_write_text, to_dict
+from simagents.model import Simulator
+
+FINETUNE_FILE = "finetune.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the policy head is fine-tuned. Saved in OUT/finetune.json."""
+
+    iterations: int = 30
+    """Policy updates; each collects a fresh batch of episodes first."""
+    episodes: int = 16
+    """Episodes collected per iteration."""
+    epochs: int = 4
+    """Passes of gradient steps over each batch (PPO-style reuse of the collected episodes)."""
+    lr: float = 3e-3
+    """Adam learning rate of the policy head."""
+    clip: float = 0.2
+    """PPO ratio clip: an update gains nothing from moving an action's probability beyond 1 +/- clip
+    times what it was when the batch was collected."""
+    kl_coef: float = 0.05
+    """Weight of the penalty KL(fine-tuned || pre-trained policy), averaged over visited states."""
+    gamma: float = 0.99
+    """Discount of later rewards in each action's return (0: only its own step's reward counts)."""
+    max_steps: int = 0
+    """Cut episodes after this many steps (0: play them to the env's own end)."""
+    baseline_ridge: float = 1e-2
+    """Ridge penalty of the linear baseline's least-squares fit."""
+    seed: int = 0
+    """Seeds the env resets, the action sampling and the updates."""
+    threads: int = 1
+    """torch threads while fine-tuning (restored afterwards); 0 leaves torch's default. One is fastest
+    for acting, which is a pass over four tokens per step."""
+
+    def check(self) -> None:
+        """Raise :class:`SimagentsError` naming the first bad field."""
+        positive = {"iterations": self.iterations, "episodes": self.episodes, "epochs": self.epochs}
+        for name, value in positive.items():
+            if value < 1:
+                raise SimagentsError(f"finetune: {name} must be at least 1, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SimagentsError(f"finetune: lr must be a positive number, got {self.lr}")
+        if not 0 <= self.gamma <= 1:
+            raise SimagentsError(f"finetune: gamma must lie in [0, 1], got {self.gamma}")
+        if self.kl_coef < 0 or self.clip <= 0 or self.baseline_ridge < 0 or self.max_steps < 0:
+            raise SimagentsError(
+                "finetune: kl_coef, baseline_ridge and max_steps must be >= 0 and clip > 0, got "
+                f"{self.kl_coef}, {self.baseline_ridge}, {self.max_steps}, {self.clip}"
+            )
+
+
+@register_agent("rl")
+class RLAgent(SimulatorAgent):
+    """Acts with the (fine-tuned) policy head, the return token unknown: imitation's token protocol.
+
+    ``temperature`` scales the sampling (0: the policy's mode). While fine-tuning, ``record``
+    keeps each step's hidden state at the return token and the action drawn, before Box
+    actions are clipped to the space (the Gaussian's own sample, whose log-probability the
+    update needs); the env and the context get the clipped action.
+    """
+
+    def __init__(self, simulator: Simulator, temperature: float = 1.0) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.temperature = temperature
+        self.record = False
+        self.features: list[Tensor] = []
+        self.drawn: list[Tensor] = []
+        super().__init__(simulator)
+
+    def choose(self) -> Tensor:
+        model = self.simulator
+        h = self.context.push_return(None)  # (1,d)
+        if model.act_discrete:
+            action = model.sample_action(h, self.generator, self.temperature)[0]
+            drawn = action
+        else:
+            mean, log_std = model._gaussian(model.action_params(h).reshape(-1))  # normalised units
+            noise = torch.randn(mean.shape, generator=self.generator)
+            raw = mean + self.temperature * log_std.exp() * noise
+            drawn = model.act_low + (raw + 1) * 0.5 * (model.act_high - model.act_low)  # env units, unclipped
+            action = model.denormalize_action(raw)
+        if self.record:
+            self.features.append(h[0])
+            self.drawn.append(drawn)
+        return action
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+def policy_stats(model: Simulator, head: nn.Module, reference: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
+    """Per state (N,): the entropy of ``head``'s policy and its KL divergence from ``reference``'s."""
+    params, ref = head(h), reference(h)
+    if model.act_discrete:
+        log_p, log_q = F.log_softmax(params, -1), F.log_softmax(ref, -1)
+        return -(log_p.exp() * log_p).sum(-1), (log_p.exp() * (log_p - log_q)).sum(-1)
+    mean, log_std = model._gaussian(params)
+    ref_mean, ref_log_std = model._gaussian(ref)
+    entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+    var, ref_var = (2 * log_std).exp(), (2 * ref_log_std).exp()
+    kl = (ref_log_std - log_std + (var + (mean - ref_mean) ** 2) / (2 * ref_var) - 0.5).sum(-1)
+    return entropy, kl
+
+
+def discounted_returns(rewards: list[float], gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1} per step of one episode (an episode cut short counts as ended)."""
+    out = np.zeros(len(rewards))
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+class LinearBaseline:
+    """V(h) = w . [h, 1], fitted by ridge regression on earlier batches' features and returns."""
+
+    def __init__(self, ridge: float) -> None:
+        self.ridge = ridge
+        self.weights: Tensor | None = None
+        self.mean_return = 0.0
+
+    def __call__(self, h: Tensor) -> Tensor:
+        if self.weights is None:
+            return torch.full((h.shape[0],), self.mean_return)
+        return torch.cat([h, torch.ones(h.shape[0], 1)], 1) @ self.weights
+
+    def fit(self, h: Tensor, returns: Tensor) -> None:
+        x = torch.cat([h, torch.ones(h.shape[0], 1)], 1).double()
+        gram = x.T @ x + self.ridge * h.shape[0] * torch.eye(x.shape[1], dtype=torch.float64)
+        self.weights = torch.linalg.solve(gram, x.T @ returns.double()).float()
+        self.mean_return = float(returns.mean())
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Batch:
+    """One iteration's episodes, flattened over steps."""
+
+    features: Tensor  # (N,d) hidden at each return token
+    drawn: Tensor  # (N,) long or (N,act_dim) env units, unclipped
+    returns: Tensor  # (N,) discounted return from each step
+    episode_returns: list[float]
+    episode_lengths: list[int]
+
+
+def collect(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) -> Batch:
+    """Play ``cfg.episodes`` episodes with the agent's current policy; episode i is seeded seed + i."""
+    agent.record = True
+    agent.features, agent.drawn = [], []
+    returns, totals, lengths = [], [], []
+    try:
+        for i in range(cfg.episodes):
+            obs, _ = env.reset(seed=seed + i)
+            agent.reset(seed=seed + i)
+            rewards: list[float] = []
+            reward, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, reward))
+                rewards.append(float(reward))
+                done = terminated or truncated or (cfg.max_steps > 0 and len(rewards) >= cfg.max_steps)
+            returns.append(discounted_returns(rewards, cfg.gamma))
+            totals.append(float(np.sum(rewards)))
+            lengths.append(len(rewards))
+    finally:
+        agent.record = False
+    return Batch(
+        features=torch.stack(agent.features),
+        drawn=torch.stack(agent.drawn),
+        returns=torch.as_tensor(np.concatenate(returns), dtype=torch.float32),
+        episode_returns=totals,
+        episode_lengths=lengths,
+    )
+
+
+def finetune(
+    simulator: Simulator,
+    env: gym.Env,
+    out: Path | str,
+    config: FinetuneConfig | None = None,
+    source: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Simulator:
+    """Fine-tune a copy of ``simulator``'s policy head in ``env``; save it to ``out`` and return it.
+
+    ``source`` (e.g. the pre-trained run's path and the env id) is recorded in finetune.json.
+    ``out`` must be absent or empty; on any error it is removed again, nothing half-written.
+    """
+    cfg = config or FinetuneConfig()
+    cfg.check()
+    folder = Path(out).expanduser().absolute()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise SimagentsError(f"{folder} already exists and is not empty; choose another --out")
+    threads = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return _finetune(simulator, env, folder, cfg, source or {}, progress)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finetune(
+    simulator: Simulator,
+    env: gym.Env,
+    folder: Path,
+    cfg: FinetuneConfig,
+    source: dict[str, Any],
+    progress: bool,
+) -> Simulator:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / FINETUNE_FILE, {**source, "config": to_dict(cfg)})
+    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(simulator).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.action_head
+    reference = copy.deepcopy(head)  # the frozen pre-trained policy
+    for p in head.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    agent = RLAgent(model)
+    baseline = LinearBaseline(cfg.baseline_ridge)
+    metrics_path = folder / METRICS_FILE
+    columns = [TextColumn("[bold]finetune"), BarColumn(), TextColumn("return {task.fields[ret]:.3g}")]
+    with Progress(*columns, TimeRemainingColumn(), disable=not progress, transient=True) as bar:
+        task = bar.add_task("finetune", total=cfg.iterations, ret=float("nan"))
+        for iteration in range(cfg.iterations):
+            with torch.no_grad():
+                batch = collect(agent, env, cfg, seed=cfg.seed * 1_000_003 + iteration * cfg.episodes)
+                old_log_prob = model.action_log_prob(batch.features, batch.drawn)
+                advantage = batch.returns - baseline(batch.features)
+                advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + 1e-8)
+                entropy_before, kl_before = policy_stats(model, head, reference, batch.features)
+            for _ in range(cfg.epochs):
+                ratio = (model.action_log_prob(batch.features, batch.drawn) - old_log_prob).exp()
+                surrogate = torch.min(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
+                _, kl = policy_stats(model, head, reference, batch.features)
+                loss = -surrogate.mean() + cfg.kl_coef * kl.mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            baseline.fit(batch.features, batch.returns)
+            record = {
+                "step": iteration + 1,
+                "rl/return": float(np.mean(batch.episode_returns)),
+                "rl/entropy": float(entropy_before.mean()),
+                "rl/kl": float(kl_before.mean()),
+                "rl/episode_length": float(np.mean(batch.episode_lengths)),
+                "rl/loss": float(loss.detach()),
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.update(task, advance=1, ret=record["rl/return"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.save(folder)
+    return model

@@ -1,0 +1,148 @@
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, tiny_model
+from simagents.agents import evaluate, make_agent
+from simagents.agents.rl import FinetuneConfig, discounted_returns, finetune
+from simagents.errors import SimagentsError
+from simagents.model import Simulator
+
+
+class Bandit(gym.Env):
+    """Episodes of ``steps`` pulls; Discrete arm i pays payoffs[i], a Box action pays -|a - target|^2."""
+
+    def __init__(self, action_space: gym.Space, payoffs=(0.0, 0.5, 1.0), target=1.5, steps=1) -> None:
+        self.observation_space = BOX_OBS
+        self.action_space = action_space
+        self.payoffs, self.target, self.steps = payoffs, target, steps
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            reward = self.payoffs[int(action)]
+        else:
+            reward = -float(np.sum((np.asarray(action) - self.target) ** 2))
+        return np.zeros(3, np.float32), reward, self.t >= self.steps, False, {}
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+FAST = FinetuneConfig(iterations=12, episodes=16, lr=0.05, kl_coef=0.0)
+
+
+@pytest.mark.parametrize("payoffs", [(0.0, 0.5, 1.0), (1.0, 0.5, 0.0)])
+def test_discrete_finetune_learns_the_best_arm(tmp_path: Path, payoffs: tuple) -> None:
+    out = tmp_path / "rl"
+    tuned = finetune(tiny_model(act_space=DISCRETE_ACT), Bandit(DISCRETE_ACT, payoffs), out, FAST)
+    curve = metrics(out)
+    assert len(curve) == FAST.iterations and {"rl/return", "rl/entropy", "rl/kl"} <= set(curve[0])
+    assert curve[-1]["rl/return"] > curve[0]["rl/return"] + 0.2
+    assert curve[-1]["rl/entropy"] < curve[0]["rl/entropy"] - 0.2
+    # Saved like any simulator; make_agent("rl") plays the tuned policy: mostly the best arm.
+    loaded = Simulator.load(out)
+    for name, p in tuned.state_dict().items():
+        torch.testing.assert_close(p, loaded.state_dict()[name])
+    result = evaluate(make_agent("rl", loaded), Bandit(DISCRETE_ACT, payoffs), episodes=50, seed=1)
+    assert np.mean(result.returns) > 0.8
+    assert json.loads((out / "finetune.json").read_text())["config"]["kl_coef"] == 0.0
+
+
+def test_larger_kl_coef_stays_closer_to_the_pretrained_policy(tmp_path: Path) -> None:
+    finals = {}
+    for kl_coef in (0.1, 3.0):
+        cfg = FinetuneConfig(iterations=12, episodes=16, lr=0.05, kl_coef=kl_coef)
+        finetune(tiny_model(act_space=DISCRETE_ACT), Bandit(DISCRETE_ACT), tmp_path / str(kl_coef), cfg)
+        finals[kl_coef] = metrics(tmp_path / str(kl_coef))[-1]
+    assert finals[3.0]["rl/kl"] < 0.25 * finals[0.1]["rl/kl"]
+    assert finals[0.1]["rl/return"] > finals[3.0]["rl/return"]
+
+
+@pytest.mark.parametrize("target", [1.5, -1.0])
+def test_box_finetune_moves_the_mean_action_to_the_reward(tmp_path: Path, target: float) -> None:
+    env = Bandit(BOX_ACT, target=target)
+    cfg = FinetuneConfig(iterations=15, episodes=16, lr=0.01, kl_coef=0.0)
+    tuned = finetune(tiny_model(act_space=BOX_ACT), env, tmp_path / "rl", cfg)
+    curve = metrics(tmp_path / "rl")
+    assert curve[-1]["rl/return"] > curve[0]["rl/return"]
+    agent = make_agent("rl", tuned, temperature=0.0)
+    agent.reset(seed=0)
+    action = agent.act(np.zeros(3, np.float32))
+    assert np.abs(action - target).max() < np.abs(0.0 - target) * 0.6  # moved most of the way from ~0
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    cfg = FinetuneConfig(iterations=3, episodes=4, lr=0.05)
+    env = Bandit(DISCRETE_ACT, steps=3)
+    for name in ("a", "b"):
+        finetune(tiny_model(act_space=DISCRETE_ACT), env, tmp_path / name, cfg)
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
+
+
+def test_discounted_returns() -> None:
+    np.testing.assert_allclose(discounted_returns([1.0, 0.0, 2.0], 0.5), [1.5, 1.0, 2.0])
+    np.testing.assert_allclose(discounted_returns([1.0, 0.0, 2.0], 0.0), [1.0, 0.0, 2.0])
+
+
+def test_bad_config_and_existing_out(tmp_path: Path) -> None:
+    model, env = tiny_model(act_space=DISCRETE_ACT), Bandit(DISCRETE_ACT)
+    with pytest.raises(SimagentsError, match="gamma"):
+        finetune(model, env, tmp_path / "x", FinetuneConfig(gamma=1.5))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    with pytest.raises(SimagentsError, match="not empty"):
+        finetune(model, env, tmp_path / "full", FinetuneConfig(iterations=1, episodes=1))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_finetune_and_play(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from simagents.cli import main
+
+    unit = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    tiny_model(obs_space=unit, act_space=unit).save(tmp_path / "run")
+    out = tmp_path / "tuned"
+    args = ["finetune", str(tmp_path / "run"), "--out", str(out), "--env", "simagents/Prophecy-v0"]
+    assert main([*args, "--param", "horizon=2", "--iterations", "2", "--episodes", "2"]) == 0
+    assert len(metrics(out)) == 2
+    assert json.loads((out / "finetune.json").read_text())["env_kwargs"] == {"horizon": 2}
+    assert main(["eval", str(out), "--agent", "rl", "--env", "simagents/Prophecy-v0", "--episodes", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args[:-1], "CartPole-v1", "--out", str(tmp_path / "other")]) == 2
+    assert "does not match" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_cartpole_finetune_beats_imitation_and_lowers_entropy(tmp_path: Path) -> None:
+    from simagents.data.collect import CollectConfig, collect
+    from simagents.model import SimulatorConfig
+    from simagents.train import TrainConfig, train
+
+    data = collect(CollectConfig(env="CartPole-v1", out=tmp_path / "data", episodes=150, seed=0))
+    model = SimulatorConfig(n_embd=64, n_layer=2)
+    cfg = TrainConfig(
+        data=(str(data),), out=tmp_path / "run", model=model, steps=400, eval_every=400, threads=1
+    )
+    simulator = Simulator.load(train(cfg, progress=False))
+    # Episodes capped at 200 steps keep the test within minutes; the cap bounds both agents alike.
+    env = gym.make("CartPole-v1", max_episode_steps=200)
+    imitation = evaluate(make_agent("imitation", simulator), env, episodes=20, seed=500).summary()
+    tuned = finetune(simulator, env, tmp_path / "rl", FinetuneConfig(iterations=15, episodes=8))
+    rl = evaluate(make_agent("rl", tuned), env, episodes=20, seed=500).summary()
+    curve = metrics(tmp_path / "rl")
+    print(
+        f"imitation {imitation['mean_return']:.1f}, rl {rl['mean_return']:.1f}; curve {curve[0]} -> {curve[-1]}"
+    )
+    assert rl["mean_return"] > imitation["mean_return"] + 10
+    assert curve[-1]["rl/entropy"] < curve[0]["rl/entropy"]
+    assert curve[-1]["rl/return"] > curve[0]["rl/return"]
