@@ -11,8 +11,9 @@ or upload a dataset keep it too):
 
 - per step, in each episode's infos (length ``T + 1`` like every Minari info: index 0 is
   the reset info, index ``t + 1`` belongs to the action at step ``t``):
-  ``infos/intervention`` (bool; index 0 is False) and ``infos/policy_id`` (int64, the same
-  value on every step);
+  ``infos/intervention`` (bool; index 0 is False), ``infos/policy_id`` (int64, the same
+  value on every step) and ``infos/block`` (int64, the episode's block id on every step, -1
+  outside blocked interventional data; absent in older datasets, read as -1);
 - in ``metadata.json`` under ``"simagents"``: ``{"format": 1, "policies": [names...],
   "env_id": ..., "env_kwargs": {...}}``; ``policy_id`` indexes ``policies``.
 
@@ -31,7 +32,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ import numpy as np
 
 from simagents.data.episodes import Episode, episode_from_arrays, space_shape
 from simagents.errors import SimagentsError
+from simagents.io import LOCK_NAME, hold_lock
 
 FORMAT = 1
 META_KEY = "simagents"
@@ -131,9 +133,12 @@ def _dataset_id_for(path: Path) -> str:
 
 
 def check_can_write(path: str | Path) -> Path:
-    """Return ``path`` as an absolute Path, or raise if a non-empty file or folder is already there."""
+    """Return ``path`` as an absolute Path, or raise if a non-empty file or folder is already there.
+
+    A folder that holds only a run-folder lock counts as empty: the lock may be our own.
+    """
     path = Path(path).expanduser().absolute()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())):
         raise SimagentsError(
             f"{path} already exists and is not empty; refusing to overwrite it. "
             "Choose another --out, or delete it first if you no longer need it"
@@ -170,9 +175,44 @@ def save_dataset(
     """Write ``episodes`` as a Minari dataset in the folder ``path`` and return it.
 
     The dataset is built in a hidden staging folder beside ``path`` and renamed into place
-    at the end, so an interrupted save leaves nothing at ``path``.
+    at the end, so an interrupted save leaves nothing at ``path``. A second process saving to
+    the same ``path`` at the same time is refused (see :func:`dataset_lock`).
     """
-    path = check_can_write(path)
+    with dataset_lock(path):
+        return _save_dataset(
+            episodes,
+            check_can_write(path),
+            observation_space=observation_space,
+            action_space=action_space,
+            env_id=env_id,
+            env_kwargs=env_kwargs,
+            description=description,
+            algorithm_name=algorithm_name,
+        )
+
+
+def dataset_lock(path: str | Path) -> AbstractContextManager[Path]:
+    """The lock a dataset writer holds on ``path`` (a context manager).
+
+    The lock file lies beside the folder, not in it, because the finished dataset is renamed
+    into ``path`` and that needs ``path`` empty. Hold it around collection too, so that a second
+    collection to the same ``--out`` is refused at the start rather than at the end.
+    """
+    path = Path(path).expanduser().absolute()
+    return hold_lock(path, "dataset", lock_file=path.parent / f".{path.name}{LOCK_NAME}")
+
+
+def _save_dataset(
+    episodes: Sequence[Episode],
+    path: Path,
+    *,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    env_id: str | None,
+    env_kwargs: dict[str, Any] | None,
+    description: str | None,
+    algorithm_name: str | None,
+) -> Path:
     env_kwargs = dict(env_kwargs or {})
     for what, space in (("observation", observation_space), ("action", action_space)):
         try:
@@ -207,6 +247,7 @@ def save_dataset(
                 # Minari infos have T+1 entries (the first is the reset info).
                 "intervention": np.concatenate([[False], np.asarray(ep.interventions, dtype=bool)]),
                 "policy_id": np.full(len(ep) + 1, policy_ids[ep.policy], dtype=np.int64),
+                "block": np.full(len(ep) + 1, ep.block, dtype=np.int64),
             },
         )
         for ep in episodes
@@ -363,11 +404,22 @@ def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
             "remove the entry to load the data unlabelled, or re-create the dataset"
         )
     version = ours.get("format", FORMAT)
-    if not isinstance(version, int) or version > FORMAT:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT:
         raise SimagentsError(
             f"{metadata_file}: unknown {META_KEY} format {version!r} (this simagents reads {FORMAT}); "
             "upgrade simagents"
         )
+    for key, kinds, expected in (
+        ("policies", (list,), "a list of policy names"),
+        ("env_id", (str, type(None)), "an env id or null"),
+        ("env_kwargs", (dict, type(None)), "an object of env keyword arguments or null"),
+    ):
+        value = ours.get(key)
+        if not isinstance(value, kinds) or (key == "policies" and not all(isinstance(p, str) for p in value)):
+            raise SimagentsError(
+                f"{metadata_file}: {META_KEY}/{key} should be {expected}, not {value!r}; fix it, or remove "
+                f"the {META_KEY!r} entry to load the data unlabelled"
+            )
 
 
 def _read_episodes(
@@ -454,6 +506,11 @@ def _to_episode(
             f"{where}: infos/policy_id {policy_id} is not an index into the {len(policies)} policies listed "
             f"in metadata.json; re-create the dataset"
         )
+    blocks = infos.get("block")
+    if blocks is not None and np.shape(blocks) != (n + 1,):
+        raise SimagentsError(
+            f"{where}: infos/block has shape {np.shape(blocks)}, expected ({n + 1},); re-create the dataset"
+        )
     return Episode(
         observations=episode.observations,
         actions=episode.actions,
@@ -463,6 +520,7 @@ def _to_episode(
         interventions=np.asarray(flags, dtype=bool)[1:],
         policy=str(policies[policy_id]),
         seed=episode.seed,
+        block=-1 if blocks is None else int(np.asarray(blocks)[0]),
     )
 
 
