@@ -28,9 +28,11 @@ class Agent(Protocol):
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode; ``seed`` fixes any sampling the agent does."""
 
-    def act(self, observation: Any, reward: float = 0.0) -> Any:
+    def act(self, observation: Any, reward: float = 0.0, action_mask: np.ndarray | None = None) -> Any:
         """The action for ``observation``; ``reward`` is what the previous action earned (ignored at
-        the first step of an episode)."""
+        the first step of an episode). ``action_mask`` (Discrete actions only: one entry per
+        action, nonzero where legal, as envs put it in ``info["action_mask"]``) limits the choice
+        to legal actions; None allows every action."""
 
 
 class SimulatorAgent:
@@ -52,9 +54,11 @@ class SimulatorAgent:
         self.generator.manual_seed(0 if seed is None else seed)
         self.started = False
         self.step_records: list[dict[str, float]] = []
+        self.legal: Tensor | None = None  # (act_dim,) bool for this step's choice; None: all legal
 
     @torch.no_grad()
-    def act(self, observation: Any, reward: float = 0.0) -> Any:
+    def act(self, observation: Any, reward: float = 0.0, action_mask: np.ndarray | None = None) -> Any:
+        self.legal = legal_actions(action_mask, self.simulator)
         if self.started:
             self.context.push_reward(float(reward))
             self.observe_reward(float(reward))
@@ -68,6 +72,17 @@ class SimulatorAgent:
         """Push the return token and pick the action (model input form); the observation is in context."""
         raise NotImplementedError
 
+    def sample_action(self, h_return: Tensor, temperature: float) -> Tensor:
+        """The policy head's sample at R_t (1,d), illegal actions given probability 0: (1,) or (1,act_dim)."""
+        if self.legal is None:
+            return self.simulator.sample_action(h_return, self.generator, temperature)
+        logits = self.simulator.action_params(h_return).reshape(-1).masked_fill(~self.legal, -torch.inf)
+        if temperature == 0:
+            index = logits.argmax().reshape(1)
+        else:
+            index = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=self.generator)
+        return index + self.simulator.act_start
+
     def observe_reward(self, reward: float) -> None:
         """Hook: the reward just received (e.g. a Decision Transformer lowers its target)."""
 
@@ -77,6 +92,29 @@ class SimulatorAgent:
             return {}
         keys = self.step_records[0].keys()
         return {k: float(np.mean([r[k] for r in self.step_records])) for k in keys}
+
+
+def legal_actions(action_mask: Any, simulator: Simulator) -> Tensor | None:
+    """An env's action mask as a (act_dim,) bool tensor; None if there is no mask.
+
+    Raises :class:`SimagentsError` for a mask on Box actions, of the wrong length, or with no
+    legal action."""
+    if action_mask is None:
+        return None
+    if not simulator.act_discrete:
+        raise SimagentsError(
+            f"an action mask was given but the action space is {simulator.action_space}; "
+            "masks apply to Discrete actions only: drop info['action_mask'] from this env"
+        )
+    legal = torch.as_tensor(np.asarray(action_mask) != 0).reshape(-1)
+    if legal.numel() != simulator.act_dim:
+        raise SimagentsError(
+            f"action mask has {legal.numel()} entries but the simulator has {simulator.act_dim} actions "
+            f"({simulator.action_space}); the env and the simulator's dataset do not match"
+        )
+    if not legal.any():
+        raise SimagentsError("action mask allows no action; an agent cannot act in a finished episode")
+    return legal
 
 
 def to_env_action(action: Tensor, space: gym.Space) -> Any:

@@ -67,7 +67,7 @@ class DecisionTransformerAgent(SimulatorAgent):
             self.target = self._expert_return()
         h = self.context.push_return(self.target)
         self.step_records.append({"prompted_return": self.target})
-        return self.simulator.sample_action(h, self.generator, self.temperature)[0]
+        return self.sample_action(h, self.temperature)[0]
 
     def _expert_return(self) -> float:
         """Sample R ∝ P(R | history) exp(κ R) from the value head at the current observation."""

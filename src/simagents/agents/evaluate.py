@@ -33,16 +33,21 @@ class Evaluation:
 
 
 def evaluate(agent: Agent, env: gym.Env, episodes: int, seed: int = 0, progress: bool = False) -> Evaluation:
-    """Play ``episodes`` episodes; episode i resets env and agent with seed + i."""
+    """Play ``episodes`` episodes; episode i resets env and agent with seed + i.
+
+    An env that puts ``action_mask`` in its infos has it passed to ``agent.act``."""
     result = Evaluation([], [])
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluate", total=episodes)
         for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
+            obs, info = env.reset(seed=seed + i)
             agent.reset(seed=seed + i)
             reward, total, steps, done = 0.0, 0.0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, reward))
+                # Only envs with masks pass one, so agents written before masks still run elsewhere.
+                mask = info.get("action_mask")
+                action = agent.act(obs, reward) if mask is None else agent.act(obs, reward, action_mask=mask)
+                obs, reward, terminated, truncated, info = env.step(action)
                 total += float(reward)
                 steps += 1
                 done = terminated or truncated

@@ -22,4 +22,4 @@ class ImitationAgent(SimulatorAgent):
 
     def choose(self) -> Tensor:
         h = self.context.push_return(None)
-        return self.simulator.sample_action(h, self.generator, self.temperature)[0]
+        return self.sample_action(h, self.temperature)[0]

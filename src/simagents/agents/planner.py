@@ -121,9 +121,23 @@ def rollout_scores(
     return PlanScores(score.max(dim=1).values, first_reward)
 
 
+def evenly_spaced_actions(model: Simulator, levels: int) -> Tensor:
+    """Box actions: ``levels`` evenly spaced values per dimension from low to high, every
+    combination (levels ** act_dim, act_dim) in env units."""
+    grid = torch.linspace(-1.0, 1.0, levels)
+    points = torch.cartesian_prod(*[grid] * model.act_dim).reshape(-1, model.act_dim)
+    return model.denormalize_action(points)
+
+
 class PlannerAgent(SimulatorAgent):
     def __init__(
-        self, simulator: Simulator, intervention: bool, candidates: int = 16, horizon: int = 0, beam: int = 1
+        self,
+        simulator: Simulator,
+        intervention: bool,
+        candidates: int = 16,
+        horizon: int = 0,
+        beam: int = 1,
+        levels: int = 0,
     ) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -131,6 +145,9 @@ class PlannerAgent(SimulatorAgent):
             raise ValueError(f"horizon must be >= 0, got {horizon}")
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
+        if levels == 1 or levels < 0:
+            raise ValueError(f"levels must be 0 (sample candidates) or >= 2, got {levels}")
+        self.levels = levels
         self.intervention = intervention
         self.n_candidates = candidates
         self.horizon = horizon
@@ -140,7 +157,10 @@ class PlannerAgent(SimulatorAgent):
     def candidate_actions(self, h_return: Tensor) -> Tensor:
         model = self.simulator
         if model.act_discrete:
-            return torch.arange(model.act_dim) + model.act_start
+            actions = torch.arange(model.act_dim) + model.act_start
+            return actions if self.legal is None else actions[self.legal]
+        if self.levels:  # a fixed grid instead of policy samples: every part of the range gets scored
+            return evenly_spaced_actions(model, self.levels)
         sampled = model.sample_action(h_return, self.generator, 1.0, n=self.n_candidates - 1)
         return torch.cat([model.sample_action(h_return, None, 0.0), sampled])
 
@@ -165,13 +185,18 @@ class PlannerAgent(SimulatorAgent):
 
 
 @register_agent("edt")
-def make_edt(simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1) -> PlannerAgent:
-    """Evidential planner: the agent's own action is evidence. horizon > 0: score by a rollout."""
-    return PlannerAgent(simulator, intervention=False, candidates=candidates, horizon=horizon, beam=beam)
+def make_edt(
+    simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1, levels: int = 0
+) -> PlannerAgent:
+    """Evidential planner: the agent's own action is evidence. horizon > 0: score by a rollout.
+    levels=K (Box actions): score a grid of K evenly spaced actions per dimension, not samples."""
+    return PlannerAgent(simulator, False, candidates=candidates, horizon=horizon, beam=beam, levels=levels)
 
 
 @register_agent("cdt")
-def make_cdt(simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1) -> PlannerAgent:
+def make_cdt(
+    simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1, levels: int = 0
+) -> PlannerAgent:
     """Causal planner: the agent's own action is an intervention (needs counterfactual teaching).
-    horizon > 0: score by a rollout."""
-    return PlannerAgent(simulator, intervention=True, candidates=candidates, horizon=horizon, beam=beam)
+    horizon > 0: score by a rollout. levels=K (Box actions): a grid of K actions per dimension."""
+    return PlannerAgent(simulator, True, candidates=candidates, horizon=horizon, beam=beam, levels=levels)

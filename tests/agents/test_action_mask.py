@@ -1,0 +1,53 @@
+"""Every registered agent chooses only actions the env's ``action_mask`` allows."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from helpers import BOX_ACT, BOX_OBS, tiny_model
+from simagents.agents import AGENTS, evaluate, make_agent
+from simagents.envs.connect_four import ConnectFourEnv
+from simagents.errors import SimagentsError
+
+SEVEN = gym.spaces.Discrete(7)
+# Each agent with its defaults, plus the planners' world-model rollout.
+VARIANTS = [(name, {}) for name in sorted(AGENTS)] + [("edt", {"horizon": 2, "beam": 2})]
+
+
+def mask_of(legal: list[int]) -> np.ndarray:
+    mask = np.zeros(7, dtype=np.int8)
+    mask[legal] = 1
+    return mask
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+@pytest.mark.parametrize("legal", [[2], [5], [0, 6], [1, 3, 4]])
+def test_agent_respects_the_mask(name: str, options: dict, legal: list[int]) -> None:
+    agent = make_agent(name, tiny_model(BOX_OBS, SEVEN, seed=1), **options)
+    rng = np.random.default_rng(0)
+    for seed in range(2):
+        agent.reset(seed=seed)
+        for _ in range(6):
+            observation = rng.uniform(-1, 1, 3).astype(np.float32)
+            assert agent.act(observation, 0.0, action_mask=mask_of(legal)) in legal
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_agent_plays_whole_games_through_evaluate(name: str, options: dict) -> None:
+    # A random tiny simulator drops stones in full columns unless evaluate hands it the mask.
+    model = tiny_model(gym.spaces.Box(-1.0, 1.0, (42,), np.float32), SEVEN, seed=2)
+    env = ConnectFourEnv(opponent_depth=1, opponent_blunder=1.0)
+    result = evaluate(make_agent(name, model, **options), env, episodes=3, seed=0)
+    assert len(result.returns) == 3 and set(result.returns) <= {-1.0, 0.0, 1.0}
+
+
+def test_bad_masks_are_simagents_errors() -> None:
+    agent = make_agent("imitation", tiny_model(BOX_OBS, SEVEN))
+    observation = np.zeros(3, dtype=np.float32)
+    with pytest.raises(SimagentsError, match="allows no action"):
+        agent.act(observation, action_mask=np.zeros(7))
+    with pytest.raises(SimagentsError, match="mask has 3 entries but the simulator has 7"):
+        agent.act(observation, action_mask=np.ones(3))
+    box_agent = make_agent("imitation", tiny_model(BOX_OBS, BOX_ACT))
+    with pytest.raises(SimagentsError, match="Discrete actions only"):
+        box_agent.act(observation, action_mask=np.ones(2))
