@@ -1,0 +1,296 @@
+"""How an agent plays Connect Four: blunders, outcomes, move entropy, KL to the data, Elo.
+
+Every metric works on *moves*: ``(position, column)`` pairs of the player being measured,
+which come from a dataset's episodes (:func:`moves_of_episodes`) or from an agent's games
+(:func:`play_games`). The pure functions take those pairs, so the same code measures the
+data's players and the agents made from a simulator.
+
+- **Blunder** (:func:`blunder`): a move that misses a win in one, or that turns a position
+  where some move avoids a forced loss within ``depth`` plies into one where the opponent
+  forces a win (proved by exhaustive search, no heuristic).
+- **Outcome rates** (:func:`outcome_rates`): win/draw/loss fractions of games.
+- **Move entropy and KL to the data** (:func:`move_statistics`): per position that both the
+  agent and the data visit, the entropy of the agent's empirical move distribution and
+  its KL divergence from the data's; averaged with the agent's visit counts as weights.
+- **Elo** (:func:`fit_elo`, :func:`population_elo`, :func:`elo_against_population`): a
+  logistic (Bradley–Terry) fit of game scores, with the population's ratings fitted from
+  games among its players.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from simagents.agents.base import Agent
+from simagents.agents.evaluate import evaluate
+from simagents.data.episodes import Episode
+from simagents.envs.connect_four import (
+    POPULATION,
+    ConnectFourEnv,
+    EnginePlayerAgent,
+    position_from_observation,
+)
+from simagents.envs.connect_four_engine import COLUMNS, Position, forced_win
+
+Move = tuple[Position, int]
+"""A position with the side to move and the column it played."""
+
+BLUNDER_DEPTH = 6
+"""Default proof depth (plies, the move itself first): 6 catches a move after which the
+opponent forces a win with one of its next three stones, whatever is answered (about a
+millisecond per move; 4 and 2 see less far)."""
+
+ELO_SCALE = 400.0
+"""Elo points per factor of 10 in the odds of winning."""
+
+
+# --------------------------------------------------------------------------- blunders
+
+
+def blunder(position: Position, column: int, depth: int = BLUNDER_DEPTH) -> str | None:
+    """``"missed_win"``, ``"losing_move"`` or None for the side to move playing ``column``.
+
+    ``missed_win``: a win in one was on the board and ``column`` does not take it.
+    ``losing_move``: after ``column`` the opponent can force a win within ``depth - 1``
+    plies, while some other legal column would have left it no such win."""
+    if depth < 2:
+        raise ValueError(f"depth must be at least 2 (the move and the opponent's answer), got {depth}")
+    winning = position.winning_moves()
+    if winning:
+        return None if column in winning else "missed_win"
+    if _loses(position, column, depth):
+        others = (c for c in position.legal_moves() if c != column)
+        if any(not _loses(position, c, depth) for c in others):
+            return "losing_move"
+    return None
+
+
+def _loses(position: Position, column: int, depth: int) -> bool:
+    return forced_win(position.play(column), depth - 1)
+
+
+def blunder_rate(moves: Iterable[Move], depth: int = BLUNDER_DEPTH) -> dict[str, float]:
+    """``{"blunder_rate", "missed_win_rate", "losing_move_rate", "moves"}`` over ``moves``."""
+    kinds = Counter(blunder(position, column, depth) for position, column in moves)
+    n = sum(kinds.values())
+    if n == 0:
+        raise ValueError("no moves to measure")
+    return {
+        "blunder_rate": (kinds["missed_win"] + kinds["losing_move"]) / n,
+        "missed_win_rate": kinds["missed_win"] / n,
+        "losing_move_rate": kinds["losing_move"] / n,
+        "moves": float(n),
+    }
+
+
+# --------------------------------------------------------------------------- games
+
+
+@dataclass
+class Games:
+    """What :func:`play_games` saw: the agent's moves and each game's reward (+1, 0, −1)."""
+
+    moves: list[Move] = field(default_factory=list)
+    outcomes: list[float] = field(default_factory=list)
+
+
+class _RecordMoves(gym.Wrapper):
+    """Records the engine position before each of the agent's moves, and each game's outcome."""
+
+    def __init__(self, env: ConnectFourEnv, games: Games) -> None:
+        super().__init__(env)
+        self.games = games
+
+    def step(self, action: Any) -> Any:
+        position = self.env.unwrapped.position
+        out = self.env.step(action)
+        self.games.moves.append((position, int(action)))
+        if out[2] or out[3]:
+            self.games.outcomes.append(float(out[1]))
+        return out
+
+
+def play_games(agent: Agent, episodes: int, seed: int = 0, **env_kwargs: Any) -> Games:
+    """Play ``episodes`` games of ``agent`` in ``ConnectFourEnv(**env_kwargs)`` (seeds seed, seed+1...)."""
+    games = Games()
+    evaluate(agent, _RecordMoves(ConnectFourEnv(**env_kwargs), games), episodes, seed=seed)
+    return games
+
+
+def moves_of_episodes(episodes: Iterable[Episode]) -> list[Move]:
+    """The ``(position, column)`` of every step of Connect Four episodes (the agent's side)."""
+    return [
+        (position_from_observation(episode.observations[t]), int(episode.actions[t]))
+        for episode in episodes
+        for t in range(len(episode))
+    ]
+
+
+def outcome_rates(outcomes: Sequence[float]) -> dict[str, float]:
+    """``{"win_rate", "draw_rate", "loss_rate", "score"}`` of game rewards (+1, 0, −1);
+    ``score`` counts a draw as half a win."""
+    values = np.asarray(outcomes, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no games to measure")
+    win, draw, loss = (float(np.mean(values == v)) for v in (1.0, 0.0, -1.0))
+    return {"win_rate": win, "draw_rate": draw, "loss_rate": loss, "score": win + 0.5 * draw}
+
+
+# --------------------------------------------------------------------------- move distributions
+
+
+def move_counts(moves: Iterable[Move]) -> dict[int, tuple[Position, np.ndarray]]:
+    """Per position key, the position and how often each column was played there: (7,) counts."""
+    counts: dict[int, tuple[Position, np.ndarray]] = {}
+    for position, column in moves:
+        counts.setdefault(position.key(), (position, np.zeros(COLUMNS)))[1][column] += 1
+    return counts
+
+
+def move_statistics(
+    agent_moves: Iterable[Move], data_moves: Iterable[Move], smoothing: float = 0.5
+) -> dict[str, float]:
+    """Move entropy of the agent and its KL divergence from the data, in the positions both visit.
+
+    For each position in both, the agent's empirical move distribution ``p`` and the data's
+    ``q`` (counts plus ``smoothing`` on every legal column, so a move the data never made
+    there costs a finite amount): entropy ``H(p)`` and ``KL(p || q)`` in nats. Averages
+    weight positions by the agent's visits. Returns ``{"move_entropy", "kl_to_data",
+    "shared_positions", "shared_moves"}``; NaN for the first two if no position is shared."""
+    if smoothing <= 0:
+        raise ValueError(f"smoothing must be positive (else KL can be infinite), got {smoothing}")
+    agent, data = move_counts(agent_moves), move_counts(data_moves)
+    entropy = kl = weight = 0.0
+    shared = 0
+    for key, (position, counts) in agent.items():
+        if key not in data:
+            continue
+        q = data[key][1] + smoothing * position.action_mask()
+        q = q / q.sum()
+        n = counts.sum()
+        p = counts / n
+        played = p > 0
+        entropy += n * float(-(p[played] * np.log(p[played])).sum())
+        kl += n * float((p[played] * np.log(p[played] / q[played])).sum())
+        weight += n
+        shared += 1
+    if weight == 0:
+        return {
+            "move_entropy": math.nan,
+            "kl_to_data": math.nan,
+            "shared_positions": 0.0,
+            "shared_moves": 0.0,
+        }
+    return {
+        "move_entropy": entropy / weight,
+        "kl_to_data": kl / weight,
+        "shared_positions": float(shared),
+        "shared_moves": weight,
+    }
+
+
+# --------------------------------------------------------------------------- Elo
+
+
+def expected_score(rating: float | np.ndarray, opponent: float | np.ndarray) -> Any:
+    """Elo's expected score of ``rating`` against ``opponent``: 1 / (1 + 10^((opp − r)/400))."""
+    return 1.0 / (1.0 + 10.0 ** ((np.asarray(opponent) - np.asarray(rating)) / ELO_SCALE))
+
+
+def fit_elo(
+    results: Sequence[tuple[str, str, float]],
+    fixed: Mapping[str, float],
+    prior_sd: float = 800.0,
+    iterations: int = 100,
+) -> dict[str, float]:
+    """Ratings from game results ``(player, opponent, score)`` (score 1 win, 0.5 draw, 0 loss).
+
+    Maximises the logistic (Bradley–Terry) likelihood by Newton's method, with the players
+    in ``fixed`` held at their ratings (the scale's anchor) and a Gaussian prior
+    N(mean of ``fixed``, ``prior_sd``²) on the others, so a player who won or lost every
+    game still gets a finite rating. Every player in ``fixed`` is returned unchanged."""
+    if not fixed:
+        raise ValueError("fit_elo needs at least one player with a fixed rating (the anchor)")
+    names = sorted({name for a, b, _ in results for name in (a, b)} - set(fixed))
+    index = {name: i for i, name in enumerate(names)}
+    centre = float(np.mean(list(fixed.values())))
+    ratings = np.full(len(names), centre)
+    c = math.log(10.0) / ELO_SCALE
+    for _ in range(iterations):
+        grad = -(ratings - centre) / prior_sd**2
+        hess = np.diag(np.full(len(names), -1.0 / prior_sd**2))
+        for a, b, score in results:
+            ra = fixed[a] if a in fixed else ratings[index[a]]
+            rb = fixed[b] if b in fixed else ratings[index[b]]
+            e = float(expected_score(ra, rb))
+            g, h = c * (score - e), c * c * e * (1 - e)
+            for name, sign in ((a, 1.0), (b, -1.0)):
+                if name in index:
+                    grad[index[name]] += sign * g
+                    hess[index[name], index[name]] -= h
+            if a in index and b in index:
+                hess[index[a], index[b]] += h
+                hess[index[b], index[a]] += h
+        step = np.linalg.solve(hess, grad)
+        ratings = ratings - step
+        if np.max(np.abs(step)) < 1e-6:
+            break
+    return {**dict(fixed), **{name: float(ratings[i]) for i, name in enumerate(names)}}
+
+
+def population_games(
+    games_per_pair: int, seed: int = 0, players: Mapping[str, Any] = POPULATION, agent_first: float = 0.5
+) -> list[tuple[str, str, float]]:
+    """Round robin of ``players``: ``games_per_pair`` games per ordered pair, as Elo results."""
+    results = []
+    for i, (a, pa) in enumerate(players.items()):
+        for j, (b, pb) in enumerate(players.items()):
+            if a == b:
+                continue
+            games = play_games(
+                EnginePlayerAgent(pa),
+                games_per_pair,
+                seed=seed + 1000 * (i * len(players) + j),
+                opponent_depth=pb.depth,
+                opponent_blunder=pb.blunder,
+                agent_first=agent_first,
+            )
+            results += [(a, b, (outcome + 1.0) / 2.0) for outcome in games.outcomes]
+    return results
+
+
+def population_elo(
+    games_per_pair: int, seed: int = 0, anchor: str = "random", anchor_rating: float = 0.0
+) -> dict[str, float]:
+    """Elo of every :data:`POPULATION` player from a round robin, ``anchor`` held at ``anchor_rating``."""
+    return fit_elo(population_games(games_per_pair, seed), {anchor: anchor_rating})
+
+
+def elo_against_population(
+    agent: Agent, ratings: Mapping[str, float], games_per_player: int, seed: int = 0, agent_first: float = 0.5
+) -> dict[str, float]:
+    """The agent's Elo from ``games_per_player`` games against each rated population player.
+
+    Returns ``{"elo": rating, "score_vs_<name>": score...}``."""
+    results, out = [], {}
+    for i, name in enumerate(ratings):
+        player = POPULATION[name]
+        games = play_games(
+            agent,
+            games_per_player,
+            seed=seed + 1000 * i,
+            opponent_depth=player.depth,
+            opponent_blunder=player.blunder,
+            agent_first=agent_first,
+        )
+        scores = [(outcome + 1.0) / 2.0 for outcome in games.outcomes]
+        results += [("agent", name, s) for s in scores]
+        out[f"score_vs_{name}"] = float(np.mean(scores))
+    return {"elo": fit_elo(results, dict(ratings))["agent"], **out}

@@ -1,0 +1,123 @@
+"""Connect Four metrics on hand-made positions and small games."""
+
+import math
+
+import numpy as np
+import pytest
+
+from simagents.envs import TESTBEDS
+from simagents.envs.connect_four import POPULATION, EnginePlayerAgent
+from simagents.envs.connect_four_engine import Player, Position
+from simagents.envs.connect_four_metrics import (
+    blunder,
+    blunder_rate,
+    elo_against_population,
+    expected_score,
+    fit_elo,
+    move_statistics,
+    moves_of_episodes,
+    outcome_rates,
+    play_games,
+)
+
+# First player to move; the second has three on row 1 (columns 1-3), open at both ends above
+# empty cells: a stone in column 0 or 4 lets it win there at once.
+UNDER_THREAT = "11336262"
+# Second player to move; the first has 2 and 3 on the bottom row with 0, 1, 4 open: unless
+# the mover plays 0, 1 or 4, the first plays 1 (or 4) and has two threats, a win in 3 plies.
+OPEN_TWO = "6253"
+# First player to move; the second has 1, 2, 3 on the bottom row, open at 0 and 4: lost.
+LOST = "615263"
+
+
+def test_missed_win_in_one() -> None:
+    position = Position.from_moves("010101")
+    assert blunder(position, 0) is None
+    assert [blunder(position, c) for c in range(1, 7)] == ["missed_win"] * 6
+
+
+def test_move_under_a_threat_is_a_losing_move() -> None:
+    position = Position.from_moves(UNDER_THREAT)
+    kinds = {c: blunder(position, c, depth=2) for c in position.legal_moves()}
+    assert kinds == {0: "losing_move", 1: None, 2: None, 3: None, 4: "losing_move", 5: None, 6: None}
+
+
+@pytest.mark.parametrize(("depth", "blunders"), [(2, set()), (4, {2, 3, 5, 6}), (6, {2, 3, 5, 6})])
+def test_proof_depth_decides_what_counts(depth: int, blunders: set[int]) -> None:
+    # Letting the opponent build a double threat loses in 3 plies: seen at depth 4, not at 2.
+    position = Position.from_moves(OPEN_TWO)
+    found = {c for c in position.legal_moves() if blunder(position, c, depth) == "losing_move"}
+    assert found == blunders
+
+
+def test_no_blunder_in_a_lost_position() -> None:
+    position = Position.from_moves(LOST)
+    assert all(blunder(position, c) is None for c in position.legal_moves())
+    moves = [(position, 4), (Position.from_moves(UNDER_THREAT), 4), (Position.from_moves("010101"), 3)]
+    rates = blunder_rate(moves, depth=4)
+    assert rates["blunder_rate"] == pytest.approx(2 / 3) and rates["missed_win_rate"] == pytest.approx(1 / 3)
+
+
+def test_outcome_rates() -> None:
+    assert outcome_rates([1.0, 1.0, 0.0, -1.0]) == {
+        "win_rate": 0.5,
+        "draw_rate": 0.25,
+        "loss_rate": 0.25,
+        "score": 0.625,
+    }
+    with pytest.raises(ValueError, match="no games"):
+        outcome_rates([])
+
+
+@pytest.mark.parametrize(
+    ("agent_columns", "entropy", "kl"),
+    [([3, 3, 3, 3], 0.0, math.log(3.0)), ([3, 2, 3, 2], math.log(2.0), math.log(1.5))],
+)
+def test_move_entropy_and_kl_in_shared_positions(agent_columns: list[int], entropy: float, kl: float) -> None:
+    empty, elsewhere = Position(), Position.from_moves("0")
+    data = [(empty, 3), (empty, 3), (empty, 2), (empty, 2)]
+    # Smoothing 0.5 on the 7 legal columns: q(3) = q(2) = 2.5 / 7.5 = 1/3.
+    agent = [(empty, c) for c in agent_columns] + [(elsewhere, 6)] * 3  # not in the data: ignored
+    stats = move_statistics(agent, data, smoothing=0.5)
+    assert stats["move_entropy"] == pytest.approx(entropy)
+    assert stats["kl_to_data"] == pytest.approx(kl)
+    assert stats["shared_positions"] == 1 and stats["shared_moves"] == 4
+    assert math.isnan(move_statistics([(elsewhere, 1)], data)["kl_to_data"])
+
+
+@pytest.mark.parametrize("score", [0.75, 0.25])
+def test_fit_elo_recovers_the_logistic_rating(score: float) -> None:
+    wins = int(400 * score)
+    results = [("b", "a", 1.0)] * wins + [("b", "a", 0.0)] * (400 - wins)
+    ratings = fit_elo(results, {"a": 100.0})
+    expected = 100.0 + 400.0 * math.log10(score / (1 - score))
+    assert ratings["a"] == 100.0
+    assert ratings["b"] == pytest.approx(expected, abs=3.0)  # the weak prior pulls a little
+    assert expected_score(ratings["b"], 100.0) == pytest.approx(score, abs=0.01)
+    # Winning every game still gives a finite rating, above the anchor.
+    assert 100.0 < fit_elo([("b", "a", 1.0)] * 10, {"a": 100.0})["b"] < 5000.0
+
+
+def test_agents_are_measured_through_their_games() -> None:
+    # A population player as an agent: deterministic games, legal moves, graded strength.
+    strong, weak = EnginePlayerAgent(Player(depth=3)), EnginePlayerAgent(POPULATION["random"])
+    kwargs = {"opponent_depth": 1, "opponent_blunder": 0.5}
+    games = play_games(strong, 6, seed=0, **kwargs)
+    again = play_games(strong, 6, seed=0, **kwargs)
+    assert games.outcomes == again.outcomes and [m[1] for m in games.moves] == [m[1] for m in again.moves]
+    assert all(column in position.legal_moves() for position, column in games.moves)
+    weak_games = play_games(weak, 6, seed=0, **kwargs)
+    assert outcome_rates(games.outcomes)["score"] > outcome_rates(weak_games.outcomes)["score"]
+    assert blunder_rate(weak_games.moves)["blunder_rate"] > blunder_rate(games.moves)["blunder_rate"]
+    ratings = {"random": 0.0, "novice": 150.0}
+    elo_strong = elo_against_population(strong, ratings, games_per_player=4, seed=1)
+    elo_weak = elo_against_population(weak, ratings, games_per_player=4, seed=1)
+    assert elo_strong["elo"] > 150.0 > elo_weak["elo"]
+    assert set(elo_strong) == {"elo", "score_vs_random", "score_vs_novice"}
+
+
+def test_data_moves_are_the_players_moves() -> None:
+    episodes = TESTBEDS["connect_four"].demonstrations({}, 5, np.random.default_rng(0))
+    moves = moves_of_episodes(episodes)
+    assert len(moves) == sum(len(e) for e in episodes)
+    assert all(column in position.legal_moves() for position, column in moves)
