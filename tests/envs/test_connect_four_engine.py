@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from simagents.envs.connect_four_engine import (
+    WIN,
     Player,
     Position,
     best_moves,
@@ -11,7 +12,9 @@ from simagents.envs.connect_four_engine import (
     has_four,
     is_proven,
     move_scores,
+    negamax,
     perft,
+    win_score,
 )
 
 
@@ -102,3 +105,35 @@ def test_players_are_deterministic_under_a_seed_and_differ_in_strength() -> None
     assert wins >= 9
     with pytest.raises(ValueError, match="blunder"):
         Player(depth=2, blunder=1.5)
+
+
+def test_alpha_beta_agrees_with_a_full_window_search_and_with_proofs() -> None:
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(6):
+        position = Position()
+        while not position.is_over():
+            for depth in (1, 2, 3):
+                # Each column scored alone with an unbounded window: no cut-offs at the root.
+                full = {
+                    c: win_score(position.moves + 1)
+                    if position.wins(c)
+                    else -negamax(
+                        position.opponent,
+                        position.play(c).mask,
+                        position.moves + 1,
+                        depth - 1,
+                        -(10**9),
+                        10**9,
+                    )
+                    for c in position.legal_moves()
+                }
+                top = max(full.values())
+                assert best_moves(position, depth) == [c for c, s in full.items() if s == top]
+                assert max(move_scores(position, depth).values()) == top
+                # A forced win within `depth` plies is one the search proves (it sees a bit further).
+                if forced_win(position, depth):
+                    assert top > WIN
+                checked += 1
+            position = position.play(int(rng.choice(position.legal_moves())))
+    assert checked > 150

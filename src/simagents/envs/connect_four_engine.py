@@ -10,10 +10,11 @@ that column: ``mask + bottom(c)`` carries into it.
 Search is negamax with alpha-beta, moves ordered centre first. Scores are from the side to
 move: a win whose last stone is the ``n``-th of the game scores ``WIN + (43 - n)`` (sooner
 is better), a loss the negative, a full board 0; anything with ``|score| > WIN`` is
-*proven* within the searched depth. At the horizon (depth 0) a position is scored by a
-heuristic: a win for the side to move if it can win at once, a loss if the opponent has a
-threat it cannot stop, otherwise threats (empty cells that would complete four) and
-centre stones of each side.
+*proven*. At the horizon (depth 0) a position is scored as a win for the side to move if
+it can win at once, as a loss if the opponent has a threat it cannot stop (so a proof may
+reach two plies past the depth), and otherwise by a heuristic: threats (empty cells that
+would complete four) and centre stones of each side. :func:`forced_win` proves wins
+within an exact number of plies, with no heuristic.
 
 Everything here is pure and deterministic; randomness (tie-breaks, blunders) comes from a
 ``numpy.random.Generator`` the caller passes in.
