@@ -5,6 +5,7 @@
 - ``smoking_lesion``: ``simagents/SmokingLesion-v0``, actions ``smoke``, ``abstain``
 - ``delusion_boxes``: ``simagents/DelusionBoxes-v0``, actions ``left``, ``right``
 - ``gamble``: ``simagents/Gamble-v0``, actions ``risky``, ``small``, ``sure``
+- ``connect_four``: ``simagents/ConnectFour-v0``, actions ``column_0`` ... ``column_6``
 - ``prophecy``: ``simagents/Prophecy-v0``, a forecast in [0, 1] (Box) that moves the event it forecasts
 
 Every number of a problem is a keyword argument of ``gymnasium.make``::
@@ -22,7 +23,15 @@ interventional data as :class:`~simagents.data.episodes.Episode` lists).
 
 from __future__ import annotations
 
-from simagents.envs import delusion_boxes, gamble, newcomb, prophecy, smoking_lesion, twin_pd
+from simagents.envs import (
+    connect_four,
+    delusion_boxes,
+    gamble,
+    newcomb,
+    prophecy,
+    smoking_lesion,
+    twin_pd,
+)
 from simagents.envs.base import (
     TESTBEDS,
     Testbed,
@@ -31,7 +40,7 @@ from simagents.envs.base import (
     register_testbed,
 )
 
-for _module in (newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble, prophecy):
+for _module in (newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble, prophecy, connect_four):
     if _module.TESTBED.name not in TESTBEDS:  # importing twice (reload) must not fail
         register_testbed(_module.TESTBED)
 
