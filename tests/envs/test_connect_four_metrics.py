@@ -18,6 +18,7 @@ from simagents.envs.connect_four_metrics import (
     moves_of_episodes,
     outcome_rates,
     play_games,
+    player_metrics,
 )
 
 # First player to move; the second has three on row 1 (columns 1-3), open at both ends above
@@ -121,3 +122,18 @@ def test_data_moves_are_the_players_moves() -> None:
     moves = moves_of_episodes(episodes)
     assert len(moves) == sum(len(e) for e in episodes)
     assert all(column in position.legal_moves() for position, column in moves)
+
+
+def test_player_metrics_grade_the_population() -> None:
+    episodes = TESTBEDS["connect_four"].demonstrations({}, 40, np.random.default_rng(0))
+    metrics = player_metrics(episodes, depth=4)
+    assert list(metrics) == list(POPULATION) and all(m["games"] == 8 for m in metrics.values())
+    # The weakest player blunders most and scores least against the reference; the strongest never
+    # makes a blunder its own search would see.
+    assert (
+        metrics["random"]["blunder_rate"]
+        > metrics["casual"]["blunder_rate"]
+        > metrics["expert"]["blunder_rate"]
+    )
+    assert metrics["expert"]["blunder_rate"] == 0.0
+    assert metrics["random"]["score"] < metrics["expert"]["score"]

@@ -143,6 +143,21 @@ def outcome_rates(outcomes: Sequence[float]) -> dict[str, float]:
     return {"win_rate": win, "draw_rate": draw, "loss_rate": loss, "score": win + 0.5 * draw}
 
 
+def player_metrics(episodes: Sequence[Episode], depth: int = BLUNDER_DEPTH) -> dict[str, dict[str, float]]:
+    """Outcome and blunder rates of each player (``Episode.policy``) in Connect Four episodes."""
+    by_player: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        by_player.setdefault(episode.policy, []).append(episode)
+    return {
+        name: {
+            **outcome_rates([e.episode_return for e in games]),
+            **blunder_rate(moves_of_episodes(games), depth),
+            "games": float(len(games)),
+        }
+        for name, games in by_player.items()
+    }
+
+
 # --------------------------------------------------------------------------- move distributions
 
 
