@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import string
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +32,7 @@ from simagents.data.minari_io import Dataset, load_dataset, save_dataset
 from simagents.errors import SimagentsError
 from simagents.io import from_dict, to_dict
 from simagents.model import Simulator, SimulatorConfig, Statistics
-from simagents.train import LossWeights, TrainConfig
+from simagents.train import LossWeights, TrainConfig, train
 
 OBS = gym.spaces.Box(-5.0, 5.0, (3,), np.float32)
 ACT = gym.spaces.Discrete(4)
@@ -407,3 +409,75 @@ def test_out_of_range_checkpoint_values_are_named(
     with pytest.raises(SimagentsError) as info:
         Simulator.load(folder)
     assert str(folder / file) in str(info.value) and key in str(info.value)
+
+
+# --------------------------------------------------------------------------- a run folder to resume
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, valid_dataset: Path) -> TrainConfig:
+    cfg = TrainConfig(
+        data=(str(valid_dataset),),
+        out=tmp_path_factory.mktemp("run") / "run",
+        model=SimulatorConfig(context_len=3, n_embd=8, n_layer=1),
+        steps=4,
+        batch_size=4,
+        eval_every=2,
+        log_every=1,
+        threads=1,
+    )
+    train(cfg, progress=False)
+    return cfg
+
+
+LAST = "checkpoints/step_00000004"
+run_edits = st.one_of(
+    st.tuples(
+        st.sampled_from([f"{LAST}/trainer.json", "checkpoints/latest.json"]), st.just("json"), json_values
+    ),
+    st.tuples(st.sampled_from([f"{LAST}/trainer.json", "config.json"]), st.just("key"), json_values),
+    st.tuples(
+        st.sampled_from([f"{LAST}/optimizer.safetensors", "metrics.jsonl", f"{LAST}/trainer.json"]),
+        st.sampled_from(["truncate", "garble"]),
+        st.tuples(st.floats(0.0, 0.999), st.binary(min_size=1, max_size=32)),
+    ),
+    st.tuples(
+        st.just(f"{LAST}/optimizer.safetensors"),
+        st.just("tensors"),
+        st.dictionaries(
+            st.sampled_from(["0.step", "0.exp_avg", "1.exp_avg_sq", "999.step", "x", "0.", "3.exp_avg"]),
+            st.lists(st.integers(0, 3), max_size=2),
+            max_size=3,
+        ),
+    ),
+)
+
+
+@SETTINGS
+@given(edit=run_edits)
+def test_resuming_a_damaged_run_gives_a_clean_error(
+    finished_run: TrainConfig, tmp_path: Path, edit: tuple
+) -> None:
+    run = fresh_copy(finished_run.out, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "out": str(run)}))
+    name, kind, value = edit
+    target = run / name
+    if kind == "json":
+        target.write_text(json.dumps(value))
+    elif kind == "key":
+        content = json.loads(target.read_text())
+        content["step" if name.endswith("trainer.json") else "steps"] = value
+        target.write_text(json.dumps(content))
+    elif kind == "truncate":
+        os.truncate(target, int(target.stat().st_size * value[0]))
+    elif kind == "garble":
+        with target.open("r+b") as f:
+            f.seek(int(target.stat().st_size * value[0]))
+            f.write(value[1])
+    else:
+        tensors = {key: torch.zeros(shape) for key, shape in value.items()}
+        safetensors.torch.save_file(tensors, target)
+    cfg = replace(finished_run, out=run, steps=6)
+    if assert_clean(lambda: train(cfg, resume=True, progress=False), str(run)) is not None:
+        assert Simulator.load(run) is not None
