@@ -4,10 +4,11 @@ Train a trajectory simulator on offline RL data, wrap it into agents (``imitatio
 ``edt``, ``cdt`` or your own), and measure what kind of agent came out. Every CLI command is
 one call here, with the same typed config dataclasses::
 
+    >>> from pathlib import Path
     >>> import simagents
-    >>> data = simagents.collect(simagents.CollectConfig(env="CartPole-v1", out="data/cartpole", episodes=20))
+    >>> data = simagents.collect(simagents.CollectConfig(env="CartPole-v1", out=Path("data/cartpole"), episodes=20))
     >>> config = simagents.TrainConfig(
-    ...     data=(str(data),), out="runs/cartpole", steps=20,
+    ...     data=(str(data),), out=Path("runs/cartpole"), steps=20,
     ...     model=simagents.SimulatorConfig(n_embd=32, n_layer=1, n_return_bins=51),
     ... )
     >>> run = simagents.train(config, progress=False)
@@ -29,9 +30,9 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the real objects, for type checkers and IDEs; at run time they load lazily
-    from simagents.agents import Agent, Evaluation, SimulatorAgent, evaluate, make_agent, register_agent
+    from simagents.agents import Agent, SimulatorAgent, evaluate, make_agent, register_agent
     from simagents.data.collect import CollectConfig, collect
-    from simagents.data.minari_io import Dataset, load_dataset
+    from simagents.data.minari_io import load_dataset
     from simagents.envs import Testbed, register_testbed
     from simagents.errors import SimagentsError
     from simagents.model import Simulator, SimulatorConfig
@@ -46,7 +47,6 @@ _EXPORTS = {
     "SimagentsError": "simagents.errors",
     "CollectConfig": "simagents.data.collect",
     "collect": "simagents.data.collect",
-    "Dataset": "simagents.data.minari_io",
     "load_dataset": "simagents.data.minari_io",
     "SimulatorConfig": "simagents.model",
     "Simulator": "simagents.model",
@@ -56,7 +56,6 @@ _EXPORTS = {
     "SimulatorAgent": "simagents.agents",
     "make_agent": "simagents.agents",
     "register_agent": "simagents.agents",
-    "Evaluation": "simagents.agents",
     "evaluate": "simagents.agents",
     "Testbed": "simagents.envs",
     "register_testbed": "simagents.envs",
@@ -68,8 +67,6 @@ _EXPORTS = {
 __all__ = [
     "Agent",
     "CollectConfig",
-    "Dataset",
-    "Evaluation",
     "SimagentsError",
     "Simulator",
     "SimulatorAgent",

@@ -10,4 +10,14 @@ from __future__ import annotations
 
 
 class SimagentsError(Exception):
-    """A problem with the user's input: the message names the culprit and the fix."""
+    """A problem with the user's input: the message names the culprit and the fix.
+
+    Example:
+
+    >>> from simagents import SimagentsError, load_dataset
+    >>> try:
+    ...     load_dataset("no/such/dataset")
+    ... except SimagentsError as error:
+    ...     print("no/such/dataset" in str(error))
+    True
+    """

@@ -23,7 +23,22 @@ from simagents.model import Context, Simulator, as_model_input
 
 @runtime_checkable
 class Agent(Protocol):
-    """What every decision procedure offers: stateful over one episode."""
+    """What every decision procedure offers: stateful over one episode.
+
+    Any object with these two methods is an agent; :func:`~simagents.agents.evaluate` plays it:
+
+    >>> import gymnasium
+    >>> from simagents import Agent, evaluate
+    >>> class AlwaysLeft:
+    ...     def reset(self, seed=None):
+    ...         pass
+    ...     def act(self, observation, reward=0.0):
+    ...         return 0
+    >>> isinstance(AlwaysLeft(), Agent)
+    True
+    >>> len(evaluate(AlwaysLeft(), gymnasium.make("CartPole-v1"), episodes=3).returns)
+    3
+    """
 
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode; ``seed`` fixes any sampling the agent does."""
@@ -40,6 +55,16 @@ class SimulatorAgent:
 
     ``intervention`` says how the agent's own actions enter its context: as evidence
     (False: like a demonstrator's choice) or as interventions (True: counterfactual teaching).
+
+    Example: the imitator's most likely action instead of a sample (``examples/custom_agent.py``
+    is a planner built this way):
+
+    >>> from simagents import SimulatorAgent, register_agent
+    >>> @register_agent("mode")
+    ... class Mode(SimulatorAgent):
+    ...     def choose(self):
+    ...         hidden = self.context.push_return(None)  # the unknown return: no goal given
+    ...         return self.simulator.sample_action(hidden, self.generator, temperature=0.0)[0]
     """
 
     intervention: bool = False
@@ -130,7 +155,19 @@ AGENTS: dict[str, AgentFactory] = {}
 def register_agent(name: str) -> Callable[[AgentFactory], AgentFactory]:
     """Register a decision procedure under ``name`` for :func:`make_agent`, the CLI and the study.
 
-    The factory is called as ``factory(simulator, **options)``."""
+    The factory is called as ``factory(simulator, **options)``; its keyword arguments are the
+    agent's options (``--option key=value`` on the command line). Example, an imitator that
+    samples at a fixed temperature (``runs/cartpole`` as trained by ``train``'s example):
+
+    >>> from simagents import Simulator, make_agent, register_agent
+    >>> from simagents.agents.imitation import ImitationAgent
+    >>> @register_agent("cautious_imitation")
+    ... def cautious_imitation(simulator, temperature=0.5):
+    ...     return ImitationAgent(simulator, temperature=temperature)
+    >>> agent = make_agent("cautious_imitation", Simulator.load("runs/cartpole"), temperature=0.1)
+    >>> agent.temperature
+    0.1
+    """
 
     def add(factory: AgentFactory) -> AgentFactory:
         if name in AGENTS and AGENTS[name] is not factory:
@@ -144,11 +181,15 @@ def register_agent(name: str) -> Callable[[AgentFactory], AgentFactory]:
 def make_agent(name: str, simulator: Simulator, **options: Any) -> Agent:
     """Wrap ``simulator`` in the decision procedure ``name`` (see ``AGENTS`` for the names).
 
-    Example::
+    Example (``runs/cartpole`` as trained by :func:`~simagents.train.train`'s example):
 
-        simulator = Simulator.load("runs/cartpole")
-        agent = make_agent("dt", simulator, target="max")
-        result = evaluate(agent, gymnasium.make("CartPole-v1"), episodes=20, seed=0)
+    >>> import gymnasium
+    >>> from simagents import Simulator, evaluate, make_agent
+    >>> simulator = Simulator.load("runs/cartpole")
+    >>> agent = make_agent("dt", simulator, target="max")
+    >>> result = evaluate(agent, gymnasium.make("CartPole-v1"), episodes=2, seed=0)
+    >>> len(result.returns)
+    2
     """
     if name not in AGENTS:
         raise SimagentsError(f"agent {name!r} is not registered; choose one of: {', '.join(sorted(AGENTS))}")

@@ -35,7 +35,17 @@ class Evaluation:
 def evaluate(agent: Agent, env: gym.Env, episodes: int, seed: int = 0, progress: bool = False) -> Evaluation:
     """Play ``episodes`` episodes; episode i resets env and agent with seed + i.
 
-    An env that puts ``action_mask`` in its infos has it passed to ``agent.act``."""
+    An env that puts ``action_mask`` in its infos has it passed to ``agent.act``.
+
+    Example (``runs/cartpole`` as trained by :func:`~simagents.train.train`'s example):
+
+    >>> import gymnasium
+    >>> from simagents import Simulator, evaluate, make_agent
+    >>> agent = make_agent("edt", Simulator.load("runs/cartpole"))
+    >>> result = evaluate(agent, gymnasium.make("CartPole-v1"), episodes=2, seed=0)
+    >>> sorted(result.summary())[:4]
+    ['episodes', 'mean_length', 'mean_return', 'predicted_return']
+    """
     result = Evaluation([], [])
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluate", total=episodes)

@@ -27,7 +27,14 @@ from simagents.errors import SimagentsError
 
 @dataclass
 class CollectConfig:
-    """Collect offline data from behaviour policies into a Minari dataset."""
+    """Collect offline data from behaviour policies into a Minari dataset.
+
+    Example (``simagents collect --env CartPole-v1 --episodes 20 --out data/cartpole``):
+
+    >>> from pathlib import Path
+    >>> from simagents import CollectConfig
+    >>> config = CollectConfig(env="CartPole-v1", out=Path("data/cartpole"), policy="mixed", episodes=20)
+    """
 
     env: str
     """Gymnasium env id, e.g. CartPole-v1 or simagents/Newcomb-v0."""
@@ -150,7 +157,15 @@ def collect_episodes(cfg: CollectConfig) -> list[Episode]:
 
 
 def collect(cfg: CollectConfig) -> Path:
-    """Collect episodes per ``cfg`` and save them as a Minari dataset at ``cfg.out``."""
+    """Collect episodes per ``cfg`` and save them as a Minari dataset at ``cfg.out``; return its folder.
+
+    Example:
+
+    >>> from pathlib import Path
+    >>> from simagents import CollectConfig, collect
+    >>> collect(CollectConfig(env="CartPole-v1", out=Path("data/cartpole"), episodes=20)).name
+    'cartpole'
+    """
     out = check_can_write(cfg.out)  # fail before spending time on collection
     episodes = collect_episodes(cfg)
     env = make_env(cfg.env, cfg.env_kwargs)
