@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +70,19 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATISTICS_FILE = "statistics.json"
 LATEST_FILE = "latest.json"  # in a run's checkpoints/ folder: which checkpoint is newest
+LOSS_HEADS = ("action", "value", "action_value", "reward", "termination", "observation")
 
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """Architecture of the simulator. Token sizes come from the spaces, given beside it."""
+    """Architecture of the simulator. Token sizes come from the spaces, given beside it.
+
+    Example (a small one, as ``TrainConfig(model=...)`` or ``--model.n-embd 32 --model.n-layer 1``):
+
+    >>> from simagents import SimulatorConfig
+    >>> SimulatorConfig(n_embd=32, n_layer=1).n_return_bins
+    201
+    """
 
     context_len: int = 20
     """K: timesteps the transformer sees at once (4K tokens)."""
@@ -197,7 +206,15 @@ class KVCache:
 
 
 class Simulator(nn.Module):
-    """Causal transformer over (observation, return, action, reward) tokens. See the module docstring."""
+    """Causal transformer over (observation, return, action, reward) tokens. See the module docstring.
+
+    Example (``runs/cartpole`` as trained by :func:`~simagents.train.train`'s example):
+
+    >>> from simagents import Simulator
+    >>> simulator = Simulator.load("runs/cartpole")
+    >>> simulator.action_space, simulator.return_bins.shape
+    (Discrete(2), torch.Size([201]))
+    """
 
     def __init__(
         self, cfg: SimulatorConfig, observation_space: gym.Space, action_space: gym.Space, stats: Statistics
@@ -326,43 +343,55 @@ class Simulator(nn.Module):
         h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1)).view(B, K, TOKENS_PER_STEP, -1)
         return {"obs": h[:, :, 0], "return": h[:, :, 1], "action": h[:, :, 2], "reward": h[:, :, 3]}
 
-    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-head mean losses over valid tokens. Weighting them is the trainer's choice."""
+    def loss(self, batch: dict[str, Tensor], heads: Collection[str] = LOSS_HEADS) -> dict[str, Tensor]:
+        """Per-head mean losses over valid tokens, for the heads named (default: all of ``LOSS_HEADS``).
+        Weighting them is the trainer's choice; a head left out costs nothing."""
+        unknown_heads = sorted(set(heads) - set(LOSS_HEADS))
+        if unknown_heads:
+            raise ValueError(f"unknown loss head(s) {unknown_heads}; choose from {list(LOSS_HEADS)}")
         h = self(batch)
         valid = batch["mask"]  # (B,K) bool, False on padding
-        evidence = valid & ~batch["interventions"]  # intervened actions are not evidence
-        unknown = valid & ~batch["return_known"].unsqueeze(1)  # R_t hidden: the action value is not a copy
-        target = self.two_hot(batch["returns_to_go"])  # (B,K,bins)
 
         def mean(per_token: Tensor, where: Tensor) -> Tensor:
             return (per_token * where).sum() / where.sum().clamp(min=1)
 
-        losses = {
-            "action": mean(-self.action_log_prob(h["return"], batch["actions"]), evidence),
-            "value": mean(-(target * F.log_softmax(self.value_head(h["obs"]), -1)).sum(-1), valid),
-            "action_value": mean(
+        losses: dict[str, Tensor] = {}
+        if "action" in heads:
+            evidence = valid & ~batch["interventions"]  # intervened actions are not evidence
+            losses["action"] = mean(-self.action_log_prob(h["return"], batch["actions"]), evidence)
+        if "value" in heads or "action_value" in heads:
+            target = self.two_hot(batch["returns_to_go"])  # (B,K,bins)
+        if "value" in heads:
+            losses["value"] = mean(-(target * F.log_softmax(self.value_head(h["obs"]), -1)).sum(-1), valid)
+        if "action_value" in heads:
+            unknown = valid & ~batch["return_known"].unsqueeze(
+                1
+            )  # R_t hidden: the action value is not a copy
+            losses["action_value"] = mean(
                 -(target * F.log_softmax(self.action_value_head(h["action"]), -1)).sum(-1), unknown
-            ),
-            "reward": mean(
+            )
+        if "reward" in heads:
+            losses["reward"] = mean(
                 (self.reward_head(h["action"]).squeeze(-1) - batch["rewards"] / self.stats.reward_scale) ** 2,
                 valid,
-            ),
-            "termination": mean(
+            )
+        if "termination" in heads:
+            losses["termination"] = mean(
                 F.binary_cross_entropy_with_logits(
                     self.termination_head(h["reward"]).squeeze(-1),
                     batch["terminations"].float(),
                     reduction="none",
                 ),
                 valid,
-            ),
-        }
-        next_obs = self.next_obs_head(h["reward"])
-        if self.obs_discrete:
-            target_obs = batch["next_observations"] - self.obs_start
-            obs_err = F.cross_entropy(next_obs.transpose(1, 2), target_obs, reduction="none")
-        else:
-            obs_err = ((next_obs - self.normalize_observation(batch["next_observations"])) ** 2).mean(-1)
-        losses["observation"] = mean(obs_err, valid)
+            )
+        if "observation" in heads:
+            next_obs = self.next_obs_head(h["reward"])
+            if self.obs_discrete:
+                target_obs = batch["next_observations"] - self.obs_start
+                obs_err = F.cross_entropy(next_obs.transpose(1, 2), target_obs, reduction="none")
+            else:
+                obs_err = ((next_obs - self.normalize_observation(batch["next_observations"])) ** 2).mean(-1)
+            losses["observation"] = mean(obs_err, valid)
         return losses
 
     def two_hot(self, returns: Tensor) -> Tensor:

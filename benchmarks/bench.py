@@ -1,0 +1,421 @@
+"""Speed (and quality) of our simulator beside Hugging Face's ``DecisionTransformerModel``, in one run.
+
+Run it with ``make bench``: that builds ``benchmarks/.venv`` (our package beside ``transformers`` and
+``d3rlpy``, whose gymnasium pin does not fit our main venv) and runs::
+
+    benchmarks/.venv/bin/python benchmarks/bench.py [--quick] [--quality] [--threads N]
+
+It prints one JSON object and writes it to ``benchmarks/results/<date>.json``.
+
+Method. Both models have the Decision Transformer's reference size: state 11, action 3 (Box),
+K=20 timesteps, batch 64, hidden 128, 3 layers, 1 head, MLP 512, GELU, no dropout, fp32, the same
+torch thread count, AdamW, action loss only (ours: its Gaussian negative log-likelihood through
+``Simulator.loss(heads=("action",))``; HF: mean squared error of its tanh action, its usual loss).
+A training step is a real forward, backward and AdamW step on windows cut by our window slicer
+from the same synthetic episodes. Other programs share this machine's cores, so absolute numbers
+drift from minute to minute: every comparison alternates ours and HF's repeats in one process
+(after warm-up) and reports medians, and the JSON records the load average around the run.
+
+Our model writes 4 tokens per timestep (o, R, a, r), HF's 3 (R, s, a): ``train_tokens_per_s``
+counts each model's own tokens, as the issue asks; ``train_window_speedup`` is the ratio of
+training steps per second on the same batch of windows, the stricter number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from simagents.agents import make_agent
+from simagents.data.episodes import episode_from_arrays
+from simagents.data.windows import WindowSampler
+from simagents.io import atomic_write_json
+from simagents.model import TOKENS_PER_STEP, Simulator, SimulatorConfig, Statistics
+
+OBS, ACT = 11, 3
+REFERENCE = {"n_embd": 128, "context_len": 20, "n_layer": 3, "n_head": 1, "mlp_ratio": 4, "batch": 64}
+MAX_TIMESTEP = 1000
+RETURN_HIGH = 3600.0
+HF_TOKENS_PER_STEP = 3  # R, s, a
+RESULTS = Path(__file__).parent / "results"
+
+
+# ---- the two models, same size ------------------------------------------------------------------
+
+
+def our_model(n_embd: int, context_len: int) -> Simulator:
+    torch.manual_seed(0)
+    stats = Statistics(
+        obs_mean=[0.0] * OBS,
+        obs_std=[1.0] * OBS,
+        act_low=[-1.0] * ACT,
+        act_high=[1.0] * ACT,
+        return_low=0.0,
+        return_high=RETURN_HIGH,
+        reward_scale=5.0,
+        episode_return_percentiles=np.linspace(0, RETURN_HIGH, 21).tolist(),
+    )
+    cfg = SimulatorConfig(
+        context_len=context_len,
+        n_embd=n_embd,
+        n_layer=REFERENCE["n_layer"],
+        n_head=REFERENCE["n_head"],
+        mlp_ratio=REFERENCE["mlp_ratio"],
+        max_timestep=MAX_TIMESTEP,
+    )
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+    return Simulator(cfg, obs_space, act_space, stats)
+
+
+def hf_model(n_embd: int, context_len: int) -> torch.nn.Module:
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    torch.manual_seed(0)
+    config = DecisionTransformerConfig(
+        state_dim=OBS,
+        act_dim=ACT,
+        hidden_size=n_embd,
+        max_length=context_len,
+        max_ep_len=MAX_TIMESTEP,
+        n_layer=REFERENCE["n_layer"],
+        n_head=REFERENCE["n_head"],
+        n_inner=REFERENCE["mlp_ratio"] * n_embd,
+        activation_function="gelu",  # exact GELU, as ours (HF's default is ReLU)
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return DecisionTransformerModel(config)
+
+
+def synthetic_sampler(context_len: int, episodes: int = 8, length: int = 300) -> WindowSampler:
+    """Random-walk episodes with the reference spaces, cut into windows by our one window slicer."""
+    rng = np.random.default_rng(0)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+    made = [
+        episode_from_arrays(
+            observations=rng.normal(size=(length + 1, OBS)).cumsum(0) * 0.1,
+            actions=rng.uniform(-1, 1, (length, ACT)),
+            rewards=rng.uniform(0, 10, length),
+            terminations=np.eye(1, length, length - 1, dtype=bool)[0],
+            truncations=np.zeros(length, dtype=bool),
+            observation_space=obs_space,
+            action_space=act_space,
+        )
+        for _ in range(episodes)
+    ]
+    return WindowSampler(made, context_len)
+
+
+def training_steps(
+    context_len: int, n_embd: int, batch: int, with_hf: bool
+) -> tuple[Callable[[], None], Callable[[], None] | None, dict[str, float]]:
+    """One real training step (forward, backward, AdamW) of ours and of HF's on the same windows.
+
+    Also returns the FLOPs of each step, counted by torch's FlopCounterMode (matmuls and attention)."""
+    windows = synthetic_sampler(context_len).sample(np.random.default_rng(1), batch)
+    ours_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+    ours_batch["return_known"] = torch.ones(batch, dtype=torch.bool)
+    ours = our_model(n_embd, context_len).train()
+    ours_opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def ours_step() -> None:
+        loss = ours.loss(ours_batch, heads=("action",))["action"]
+        ours_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ours_opt.step()
+
+    flops = {"ours": count_flops(ours, ours_step)}
+    if not with_hf:
+        return ours_step, None, flops
+
+    hf = hf_model(n_embd, context_len).train()
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    states = ours_batch["observations"]
+    actions = ours_batch["actions"]
+    returns = ours_batch["returns_to_go"].unsqueeze(-1)
+    timesteps = ours_batch["timesteps"].clamp(max=MAX_TIMESTEP - 1)
+    mask = ours_batch["mask"].long()
+
+    def hf_step() -> None:
+        _, action_preds, _ = hf(
+            states=states,
+            actions=actions,
+            rewards=None,
+            returns_to_go=returns,
+            timesteps=timesteps,
+            attention_mask=mask,
+            return_dict=False,
+        )
+        loss = ((action_preds - actions) ** 2)[mask.bool()].mean()
+        hf_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        hf_opt.step()
+
+    flops["hf"] = count_flops(hf, hf_step)
+    return ours_step, hf_step, flops
+
+
+def count_flops(model: torch.nn.Module, step: Callable[[], None]) -> float:
+    """FLOPs of one training step (forward + backward), leaving the weights as they were."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with FlopCounterMode(display=False) as counter:
+        step()
+    model.load_state_dict(saved)
+    return float(counter.get_total_flops())
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, per_repeat: int) -> dict[str, float]:
+    """Median seconds per call of each function, alternating them (and their order) every repeat."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = time.perf_counter()
+            for _ in range(per_repeat):
+                fns[name]()
+            times[name].append((time.perf_counter() - start) / per_repeat)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_peak_flops(seconds: float = 3.0) -> float:
+    """Best fp32 FLOP/s of a square matmul in this process, over about ``seconds``."""
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+# ---- acting --------------------------------------------------------------------------------------
+
+
+class HFWindowActor:
+    """HF's acting recipe: keep the last K steps and run the whole window for every action."""
+
+    def __init__(self, model: torch.nn.Module, context_len: int, target: float) -> None:
+        self.model, self.k, self.target = model.eval(), context_len, target
+        self.states = torch.zeros(1, 0, OBS)
+        self.actions = torch.zeros(1, 0, ACT)
+        self.returns = torch.zeros(1, 0, 1)
+        self.timesteps = torch.zeros(1, 0, dtype=torch.long)
+
+    @torch.no_grad()
+    def act(self, observation: np.ndarray, reward: float) -> np.ndarray:
+        t = self.timesteps.shape[1]
+        self.target -= reward if t else 0.0
+        keep = self.k - 1
+        self.states = torch.cat([self.states[:, -keep:], torch.from_numpy(observation).view(1, 1, OBS)], 1)
+        self.actions = torch.cat([self.actions[:, -keep:], torch.zeros(1, 1, ACT)], 1)
+        self.returns = torch.cat([self.returns[:, -keep:], torch.full((1, 1, 1), self.target)], 1)
+        self.timesteps = torch.cat(
+            [self.timesteps[:, -keep:], torch.full((1, 1), min(t, MAX_TIMESTEP - 1), dtype=torch.long)], 1
+        )
+        _, action_preds, _ = self.model(
+            states=self.states,
+            actions=self.actions,
+            rewards=None,
+            returns_to_go=self.returns,
+            timesteps=self.timesteps,
+            attention_mask=torch.ones(1, self.states.shape[1], dtype=torch.long),
+            return_dict=False,
+        )
+        action = action_preds[0, -1]
+        self.actions[0, -1] = action
+        return action.numpy()
+
+
+def acting_latency(steps: int, repeats: int) -> dict[str, float]:
+    """Median ms per action mid-episode (window full) for our dt and edt(16) agents and HF's recompute."""
+    context_len = REFERENCE["context_len"]
+    ours = our_model(REFERENCE["n_embd"], context_len).eval()
+    agents = {
+        "dt": make_agent("dt", ours, target=RETURN_HIGH),
+        "edt16": make_agent("edt", ours, candidates=16),
+        "hf": HFWindowActor(hf_model(REFERENCE["n_embd"], context_len), context_len, RETURN_HIGH),
+    }
+    agents["dt"].reset(seed=0)
+    agents["edt16"].reset(seed=0)
+    rng = np.random.default_rng(0)
+    observations = rng.normal(size=(2 * context_len + steps * repeats, OBS)).astype(np.float32)
+    for obs in observations[: 2 * context_len]:  # fill the window (and wrap our cache once)
+        for agent in agents.values():
+            agent.act(obs, 1.0)
+    times: dict[str, list[float]] = {name: [] for name in agents}
+    names = list(agents)
+    for r in range(repeats):
+        chunk = observations[2 * context_len + r * steps : 2 * context_len + (r + 1) * steps]
+        for name in names if r % 2 == 0 else reversed(names):
+            for obs in chunk:
+                start = time.perf_counter()
+                agents[name].act(obs, 1.0)
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+# ---- scaling: one child process per size, so peak memory is that size's alone ---------------
+
+
+def scaling_child(n_embd: int, context_len: int, batch: int, steps: int) -> dict[str, float]:
+    ours_step, _, _ = training_steps(context_len, n_embd, batch, with_hf=False)
+    before_mb = current_rss_mb()  # imports, model and batch
+    ours_step()  # warm-up; allocations of the optimizer state happen here
+    start = time.perf_counter()
+    for _ in range(steps):
+        ours_step()
+    seconds = (time.perf_counter() - start) / steps
+    # ru_maxrss is the process's high-water mark in KiB (Linux): model, optimizer and activations.
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tokens = batch * context_len * TOKENS_PER_STEP
+    return {
+        "n_embd": n_embd,
+        "context_len": context_len,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_mb": peak_mb,
+    }
+
+
+def scaling(threads: int, steps: int) -> list[dict[str, float]]:
+    rows = []
+    for n_embd in (128, 256, 512):
+        for context_len in (20, 50, 100):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--threads",
+                str(threads),
+                "--scaling-child",
+                f"{n_embd},{context_len}",
+            ]
+            cmd += ["--scaling-steps", str(steps)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            rows.append({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
+    return rows
+
+
+# ---- the whole run -----------------------------------------------------------------------------
+
+
+def speed(args: argparse.Namespace) -> dict[str, object]:
+    batch, context_len, n_embd = REFERENCE["batch"], REFERENCE["context_len"], REFERENCE["n_embd"]
+    ours_step, hf_step, flops = training_steps(context_len, n_embd, batch, with_hf=True)
+    assert hf_step is not None
+    for _ in range(args.warmup):
+        ours_step()
+        hf_step()
+    peak_before = matmul_peak_flops()
+    step_s = interleaved({"ours": ours_step, "hf": hf_step}, args.repeats, per_repeat=2)
+    peak = max(peak_before, matmul_peak_flops())
+    windows = batch * context_len
+    ours_tps = windows * TOKENS_PER_STEP / step_s["ours"]
+    hf_tps = windows * HF_TOKENS_PER_STEP / step_s["hf"]
+    act_ms = acting_latency(args.act_steps, args.repeats)
+    return {
+        "train_tokens_per_s": round(ours_tps),
+        "hf_train_tokens_per_s": round(hf_tps),
+        "train_speedup": round(ours_tps / hf_tps, 2),
+        "train_window_speedup": round(step_s["hf"] / step_s["ours"], 2),
+        "train_step_ms": round(1000 * step_s["ours"], 1),
+        "hf_train_step_ms": round(1000 * step_s["hf"], 1),
+        "act_ms": round(act_ms["dt"], 3),
+        "hf_act_ms": round(act_ms["hf"], 3),
+        "act_speedup": round(act_ms["hf"] / act_ms["dt"], 2),
+        "edt16_ms": round(act_ms["edt16"], 3),
+        "edt16_over_dt": round(act_ms["edt16"] / act_ms["dt"], 2),
+        "train_gflop_per_step": round(flops["ours"] / 1e9, 2),
+        "hf_train_gflop_per_step": round(flops["hf"] / 1e9, 2),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "mfu": round(flops["ours"] / step_s["ours"] / peak, 3),
+        "hf_mfu": round(flops["hf"] / step_s["hf"] / peak, 3),
+    }
+
+
+def machine(threads: int) -> dict[str, object]:
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, for every model"
+    )
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not numbers to quote")
+    parser.add_argument("--quality", action="store_true", help="also the CartPole comparison with d3rlpy")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default results/<date>.json)")
+    parser.add_argument("--scaling-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-steps", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.scaling_child:
+        n_embd, context_len = (int(v) for v in args.scaling_child.split(","))
+        print(json.dumps(scaling_child(n_embd, context_len, REFERENCE["batch"], args.scaling_steps)))
+        return
+    args.warmup, args.repeats, args.act_steps = (1, 3, 20) if args.quick else (3, 9, 60)
+
+    date = datetime.datetime.now(datetime.UTC).date().isoformat()
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    result: dict[str, object] = {
+        "benchmark": "simagents vs transformers.DecisionTransformerModel",
+        "date": date,
+        "machine": machine(args.threads),
+        "config": {**REFERENCE, "obs": OBS, "act": ACT, "activation": "gelu", "dtype": "float32"},
+    }
+    result.update(speed(args))
+    result["scaling"] = scaling(args.threads, 1 if args.quick else 3)
+    if args.quality:
+        from quality import quality  # the d3rlpy side is imported only when it runs
+
+        result["quality"] = quality(quick=args.quick)
+    result["load_average"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out = args.out or RESULTS / f"{date}.json"
+    atomic_write_json(out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
