@@ -280,8 +280,8 @@ def acting_latency(steps: int, repeats: int) -> dict[str, float]:
 
 
 def scaling_child(n_embd: int, context_len: int, batch: int, steps: int) -> dict[str, float]:
+    base_mb = current_rss_mb()  # the interpreter and its imports
     ours_step, _, _ = training_steps(context_len, n_embd, batch, with_hf=False)
-    before_mb = current_rss_mb()  # imports, model and batch
     ours_step()  # warm-up; allocations of the optimizer state happen here
     start = time.perf_counter()
     for _ in range(steps):
@@ -295,7 +295,13 @@ def scaling_child(n_embd: int, context_len: int, batch: int, steps: int) -> dict
         "context_len": context_len,
         "tokens_per_s": tokens / seconds,
         "peak_rss_mb": peak_mb,
+        "training_peak_mb": peak_mb - base_mb,  # model, AdamW state, activations and gradients
     }
+
+
+def current_rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def scaling(threads: int, steps: int) -> list[dict[str, float]]:
