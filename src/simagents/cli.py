@@ -187,18 +187,43 @@ def testbed_command(
     agents: str = "imitation,dt,edt,cdt",
     seed: int = 0,
     budget: str = "default",
+    sweep: tuple[str, ...] = (),
 ) -> None:
     """Run one decision testbed: data, one simulator, every agent, theory beside measurement.
 
     Args:
-        name: Testbed: newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble (or its env id).
+        name: Testbed: newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble, prophecy (or its env id).
         out: Run folder to create (must be absent or empty); results go to OUT/results.json.
         param: Testbed parameters as key=value, e.g. --param accuracy=0.6 big=1e6 (one --param flag).
         agents: Comma-separated decision procedures to compare.
         seed: Seed of the data, the training and the evaluation.
         budget: Data, training and evaluation budget: default (minutes) or fast (for tests).
+        sweep: prophecy only: values to sweep, e.g. --sweep gamma=0,0.5,0.9,0.99 (the rl agent is
+            fine-tuned once per discount; OUT/figures/index_vs_gamma.png plots each agent's index).
     """
+    from simagents.envs import get_testbed
     from simagents.study.testbed import run_testbed
+
+    if get_testbed(name).name == "prophecy":  # Box forecasts, retraining and fine-tuning: its own runner
+        from simagents.study.prophecy import DEFAULT_AGENTS, format_results, run_prophecy
+
+        chosen = [a.strip() for a in agents.split(",") if a.strip()]
+        if agents == "imitation,dt,edt,cdt":  # the one-shot testbeds' default: use prophecy's own
+            chosen = list(DEFAULT_AGENTS)
+        results = run_prophecy(
+            parse_pairs(param, "--param", "delay=1"),
+            chosen,
+            seed=seed,
+            out=out,
+            budget=budget,
+            sweep=parse_pairs(sweep, "--sweep", "gamma=0,0.5,0.9,0.99"),
+            progress=sys.stderr.isatty(),
+        )
+        print(format_results(results))
+        print(f"wrote {Path(out).expanduser().absolute() / 'results.json'}")
+        return
+    if sweep:
+        raise SimagentsError(f"--sweep applies to the prophecy testbed only, not {name}")
 
     params = parse_pairs(param, "--param", "accuracy=0.6")  # the testbed converts and checks the values
     names = [a.strip() for a in agents.split(",") if a.strip()]

@@ -128,7 +128,11 @@ def test_cartpole_finetune_beats_imitation_and_lowers_entropy(tmp_path: Path) ->
     from simagents.model import SimulatorConfig
     from simagents.train import TrainConfig, train
 
-    data = collect(CollectConfig(env="CartPole-v1", out=tmp_path / "data", episodes=150, seed=0))
+    # Players of mixed, mostly low skill: imitation stays well below the 200-step cap.
+    policy = "cartpole-eps0.3:0.25,cartpole-eps0.6:0.25,random:0.5"
+    data = collect(
+        CollectConfig(env="CartPole-v1", out=tmp_path / "data", policy=policy, episodes=150, seed=0)
+    )
     model = SimulatorConfig(n_embd=64, n_layer=2)
     cfg = TrainConfig(
         data=(str(data),), out=tmp_path / "run", model=model, steps=400, eval_every=400, threads=1
@@ -143,6 +147,6 @@ def test_cartpole_finetune_beats_imitation_and_lowers_entropy(tmp_path: Path) ->
     print(
         f"imitation {imitation['mean_return']:.1f}, rl {rl['mean_return']:.1f}; curve {curve[0]} -> {curve[-1]}"
     )
-    assert rl["mean_return"] > imitation["mean_return"] + 10
+    assert rl["mean_return"] > imitation["mean_return"] + 20
     assert curve[-1]["rl/entropy"] < curve[0]["rl/entropy"]
     assert curve[-1]["rl/return"] > curve[0]["rl/return"]

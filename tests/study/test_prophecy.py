@@ -1,0 +1,44 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from simagents.cli import main
+from simagents.errors import SimagentsError
+from simagents.study.prophecy import parse_sweep, run_prophecy
+
+
+def test_smoke_run_writes_the_testbed_schema_and_a_sweep_figure(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    results = run_prophecy({"horizon": 3}, out=out, budget="smoke", sweep={"gamma": "0,0.9"})
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["testbed"] == "prophecy" and saved["params"]["horizon"] == 3
+    assert list(saved["agents"]) == ["imitation", "myopic", "edt", "rl"]
+    for entry in saved["agents"].values():
+        assert 0.0 <= entry["instrumentality_index"] <= 1.0
+        assert {"mean_return", "mean_forecast", "std_return"} <= set(entry)
+    assert [e["gamma"] for e in saved["sweep"]] == [0.0, 0.9]
+    assert all(set(e["agents"]) == set(saved["agents"]) for e in saved["sweep"])
+    assert len(saved["agents"]["myopic"]["rounds"]) == 2  # on the demonstrations, then retrained once
+    assert (out / "figures" / "index_vs_gamma.png").stat().st_size > 1000
+    assert (out / "rl_gamma_0.9" / "model.safetensors").is_file()
+    assert results["theory"]["fixed_point"] == pytest.approx(0.5)
+
+
+def test_cli_prophecy_and_bad_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    args = ["testbed", "prophecy", "--out", str(out), "--budget", "smoke", "--agents", "edt,rl"]
+    assert main([*args, "--param", "horizon=2", "delay=1"]) == 0
+    assert "fixed point 0.5" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["params"]["delay"] == 1
+    assert main([*args[:3], str(tmp_path / "b"), "--budget", "smoke", "--sweep", "beta=1"]) == 2
+    assert "only gamma" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["testbed", "gamble", "--out", str(tmp_path / "c"), "--sweep", "gamma=0"]) == 2
+    assert "prophecy testbed only" in capsys.readouterr().err
+
+
+def test_parse_sweep() -> None:
+    assert parse_sweep({"gamma": "0, 0.5,0.99"}) == {"gamma": [0.0, 0.5, 0.99]}
+    for bad in ({"gamma": "x"}, {"gamma": "1.5"}, {"gamma": ""}):
+        with pytest.raises(SimagentsError, match="--sweep gamma"):
+            parse_sweep(bad)
