@@ -41,7 +41,7 @@ def return_quantile(simulator: Simulator, logits: Tensor, quantile: float) -> Te
     cdf = torch.softmax(logits, -1).cumsum(-1)  # (N,bins)
     # The first bin whose cumulative probability reaches the quantile.
     index = (cdf < quantile).sum(-1).clamp(max=cdf.shape[-1] - 1)  # (N,)
-    return simulator.return_bins[index]
+    return simulator.get_buffer("return_bins")[index]
 
 
 @register_agent("risk_averse")
