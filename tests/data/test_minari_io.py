@@ -1,6 +1,7 @@
 import json
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -46,7 +47,9 @@ def make_episode(rng: np.random.Generator, steps: int, policy: str = "", termina
 def make_episodes(n: int = 4, seed: int = 0) -> list[Episode]:
     rng = np.random.default_rng(seed)
     labels = ["expert", "novice", "", "expert"]
-    return [make_episode(rng, 3 + 2 * i, labels[i % 4], terminated=i % 2 == 0) for i in range(n)]
+    episodes = [make_episode(rng, 3 + 2 * i, labels[i % 4], terminated=i % 2 == 0) for i in range(n)]
+    # Two episodes of one block (blocked interventional data), the rest outside any block.
+    return [replace(e, block=7 if i in (1, 2) else -1) for i, e in enumerate(episodes)]
 
 
 def save(episodes: list[Episode], path: Path, **kwargs: object) -> Path:
@@ -56,7 +59,7 @@ def save(episodes: list[Episode], path: Path, **kwargs: object) -> Path:
 def assert_same(a: list[Episode], b: list[Episode]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
-        assert (x.policy, x.seed) == (y.policy, y.seed)
+        assert (x.policy, x.seed, x.block) == (y.policy, y.seed, y.block)
         for f in FIELDS:
             np.testing.assert_array_equal(getattr(x, f), getattr(y, f), err_msg=f)
             assert getattr(x, f).dtype == getattr(y, f).dtype, f

@@ -47,3 +47,56 @@ def test_sampling_is_proportional_to_episode_length():
     w = WindowSampler(episodes, 4).sample(np.random.default_rng(1), batch_size=4000)
     share_long = np.mean(w["episode"] == 1)
     assert abs(share_long - 0.75) < 0.03
+
+
+def blocked_episodes(rng: np.random.Generator, blocks: list[int], lengths: list[int]) -> list:
+    from dataclasses import replace
+
+    return [
+        replace(random_episode(rng, n, BOX_OBS, DISCRETE_ACT), block=b) for b, n in zip(blocks, lengths)
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    blocks=st.lists(st.integers(-1, 3), min_size=1, max_size=12),
+    seed=st.integers(0, 2**16),
+    batch_size=st.integers(1, 40),
+)
+def test_a_block_is_drawn_whole_and_from_one_step(blocks, seed, batch_size):
+    rng = np.random.default_rng(seed)
+    episodes = blocked_episodes(rng, blocks, [int(n) for n in rng.integers(1, 8, size=len(blocks))])
+    w = WindowSampler(episodes, 3).sample(rng, batch_size=batch_size)
+    assert len(w["episode"]) == batch_size
+    members = {b: [i for i, e in enumerate(episodes) if e.block == b] for b in set(blocks) if b >= 0}
+    # Walk the batch: a block's members appear consecutively (all of them, except when the batch
+    # ends), each from the unit's start clipped to its own length.
+    i = 0
+    while i < batch_size:
+        block = episodes[w["episode"][i]].block
+        if block < 0:
+            i += 1
+            continue
+        size = len(members[block])
+        got = list(w["episode"][i : i + size])
+        assert got == members[block][: len(got)]
+        assert len(got) == size or i + len(got) == batch_size
+        i += len(got)
+
+
+def test_block_episodes_share_batches_and_plain_sampling_is_unchanged():
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 5, 2, 7, 4])
+    plain = blocked_episodes(rng, [-1] * 5, list(lengths))
+    w = WindowSampler(plain, 4).sample(np.random.default_rng(5), batch_size=64)
+    # Without blocks: the per-episode draw, one episode then one start per window.
+    draw = np.random.default_rng(5)
+    episode = draw.choice(5, size=64, p=lengths / lengths.sum())
+    np.testing.assert_array_equal(w["episode"], episode)
+    np.testing.assert_array_equal(w["start"], (draw.random(64) * lengths[episode]).astype(np.int64))
+    pairs = blocked_episodes(rng, [0, 0, 1, 1, 2, 2], [1] * 6)
+    w = WindowSampler(pairs, 1).sample(np.random.default_rng(3), batch_size=600)
+    # Even batch, blocks of two: every window's partner is beside it.
+    ep = w["episode"].reshape(-1, 2)
+    assert (ep[:, 0] // 2 == ep[:, 1] // 2).all() and (ep[:, 0] != ep[:, 1]).all()
+    assert abs(np.mean(ep[:, 0] // 2 == 1) - 1 / 3) < 0.06

@@ -9,6 +9,9 @@ simulator needs for causality and for labelling players:
   agent's own choice, drawn independently of any hidden state (counterfactual
   teaching). Such actions are not evidence and get no action loss.
 - ``policy``: the label of the behaviour policy that produced the episode.
+- ``block``: episodes with the same block id (``>= 0``) replay one hidden draw of the world
+  with different actions (blocked randomisation of interventional data). The trainer draws a
+  block's episodes into the same batch, so the hidden state's noise cancels between actions.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Episode:
     interventions: np.ndarray = field(default=None)  # type: ignore[assignment]  # (T,) bool
     policy: str = ""
     seed: int | None = None
+    block: int = -1  # -1: not part of a block
 
     def __post_init__(self) -> None:
         n = len(self.rewards)
@@ -124,6 +128,7 @@ def episode_from_arrays(
     interventions: np.ndarray | None = None,
     policy: str = "",
     seed: int | None = None,
+    block: int = -1,
 ) -> Episode:
     """Build an Episode with the contract's dtypes (int64 for Discrete, float32 for Box)."""
 
@@ -144,4 +149,5 @@ def episode_from_arrays(
         interventions=None if interventions is None else np.asarray(interventions, dtype=bool),
         policy=policy,
         seed=seed,
+        block=int(block),
     )

@@ -11,8 +11,9 @@ or upload a dataset keep it too):
 
 - per step, in each episode's infos (length ``T + 1`` like every Minari info: index 0 is
   the reset info, index ``t + 1`` belongs to the action at step ``t``):
-  ``infos/intervention`` (bool; index 0 is False) and ``infos/policy_id`` (int64, the same
-  value on every step);
+  ``infos/intervention`` (bool; index 0 is False), ``infos/policy_id`` (int64, the same
+  value on every step) and ``infos/block`` (int64, the episode's block id on every step, -1
+  outside blocked interventional data; absent in older datasets, read as -1);
 - in ``metadata.json`` under ``"simagents"``: ``{"format": 1, "policies": [names...],
   "env_id": ..., "env_kwargs": {...}}``; ``policy_id`` indexes ``policies``.
 
@@ -246,6 +247,7 @@ def _save_dataset(
                 # Minari infos have T+1 entries (the first is the reset info).
                 "intervention": np.concatenate([[False], np.asarray(ep.interventions, dtype=bool)]),
                 "policy_id": np.full(len(ep) + 1, policy_ids[ep.policy], dtype=np.int64),
+                "block": np.full(len(ep) + 1, ep.block, dtype=np.int64),
             },
         )
         for ep in episodes
@@ -337,7 +339,15 @@ def resolve_dataset_path(ref: str | Path) -> Path:
 
 
 def load_dataset(ref: str | Path) -> Dataset:
-    """Load a Minari dataset (ours or anyone's) from a folder path or a local Minari dataset id."""
+    """Load a Minari dataset (ours or anyone's) from a folder path or a local Minari dataset id.
+
+    Example (``data/cartpole`` as made by :func:`~simagents.data.collect.collect`'s example):
+
+    >>> from simagents import load_dataset
+    >>> dataset = load_dataset("data/cartpole")
+    >>> len(dataset), dataset.action_space
+    (20, Discrete(2))
+    """
     import minari
 
     register_simagents_envs()  # a dataset's env spec may name a simagents/... env
@@ -504,6 +514,11 @@ def _to_episode(
             f"{where}: infos/policy_id {policy_id} is not an index into the {len(policies)} policies listed "
             f"in metadata.json; re-create the dataset"
         )
+    blocks = infos.get("block")
+    if blocks is not None and np.shape(blocks) != (n + 1,):
+        raise SimagentsError(
+            f"{where}: infos/block has shape {np.shape(blocks)}, expected ({n + 1},); re-create the dataset"
+        )
     return Episode(
         observations=episode.observations,
         actions=episode.actions,
@@ -513,6 +528,7 @@ def _to_episode(
         interventions=np.asarray(flags, dtype=bool)[1:],
         policy=str(policies[policy_id]),
         seed=episode.seed,
+        block=-1 if blocks is None else int(np.asarray(blocks)[0]),
     )
 
 

@@ -6,6 +6,12 @@ the episode ends first. Right padding keeps causal attention exact: valid tokens
 never see padding. Episodes are drawn in proportion to their length and the
 start uniformly over their steps, so every step is equally likely to be
 trained on.
+
+Episodes of one block (blocked interventional data: one hidden draw of the world
+replayed with each action) are drawn together, from the same step, into the same
+batch. The hidden state then appears with every action in every batch, so the
+gradient noise it causes cancels between the actions' values instead of drowning
+a small causal effect (Newcomb's 1,000 beside 1,000,000) in batch-to-batch noise.
 """
 
 from __future__ import annotations
@@ -42,16 +48,33 @@ class WindowSampler:
         self.terminations = flat("terminations")
         self.interventions = flat("interventions")
         self.returns_to_go = np.concatenate([e.returns_to_go() for e in episodes])
+        self.units = _sampling_units(np.array([e.block for e in episodes], dtype=np.int64))
 
     @property
     def n_steps(self) -> int:
         return int(self.lengths.sum())
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        """``batch_size`` windows; episodes weighted by length, start uniform within the episode."""
-        episode = rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
-        start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
-        return self.windows(episode, start)
+        """``batch_size`` windows; episodes weighted by length, start uniform within the episode.
+
+        With blocks, whole blocks are drawn (weighted by their steps) from one start, until the
+        batch is full; only the last block drawn may be cut short.
+        """
+        if self.units is None:
+            episode = rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
+            start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
+            return self.windows(episode, start)
+        members = self.units  # (U, S) episode indices, -1 pads smaller units
+        steps = np.where(members >= 0, self.lengths[members], 0).sum(axis=1)
+        # Every unit holds at least one episode, so batch_size units always fill the batch.
+        unit = rng.choice(len(members), size=batch_size, p=steps / steps.sum())
+        unit_start = (rng.random(batch_size) * self.lengths[members[unit, 0]]).astype(np.int64)
+        episode = members[unit].reshape(-1)
+        start = np.repeat(unit_start, members.shape[1])
+        keep = episode >= 0
+        episode, start = episode[keep][:batch_size], start[keep][:batch_size]
+        # Members of one block may differ in length: start no later than each one's last step.
+        return self.windows(episode, np.minimum(start, self.lengths[episode] - 1))
 
     def windows(self, episode: np.ndarray, start: np.ndarray) -> dict[str, np.ndarray]:
         """Windows of the given episodes from the given steps. Arrays are (B, K, ...)."""
@@ -79,3 +102,19 @@ class WindowSampler:
             "episode": episode,
             "start": start,
         }
+
+
+def _sampling_units(blocks: np.ndarray) -> np.ndarray | None:
+    """Episode indices per sampling unit, (U, S) padded with -1: a block is one unit, every
+    other episode its own. ``None`` when there are no blocks (plain per-episode sampling)."""
+    if not np.any(blocks >= 0):
+        return None
+    block_ids, block_of = np.unique(blocks[blocks >= 0], return_inverse=True)
+    size = np.bincount(block_of).max()
+    units = np.full((len(block_ids) + int(np.sum(blocks < 0)), size), -1, dtype=np.int64)
+    blocked = np.flatnonzero(blocks >= 0)
+    order = np.argsort(block_of, kind="stable")
+    rank = np.arange(len(blocked)) - np.searchsorted(block_of[order], block_of[order])
+    units[block_of[order], rank] = blocked[order]
+    units[len(block_ids) :, 0] = np.flatnonzero(blocks < 0)
+    return units

@@ -46,7 +46,16 @@ BELIEFS = ("evidential", "interventional", "deployment")
 
 @dataclass(frozen=True)
 class Testbed:
-    """One registered testbed: the env, its parameters, its theory and its data."""
+    """One registered testbed: the env, its parameters, its theory and its data.
+
+    Example:
+
+    >>> from simagents.envs import TESTBEDS
+    >>> newcomb = TESTBEDS["newcomb"]
+    >>> newcomb.env_id, newcomb.theory(accuracy=0.9)["edt"]["choice"], newcomb.theory(accuracy=0.4)["edt"]["choice"]
+    ('simagents/Newcomb-v0', 'one_box', 'two_box')
+    >>> env = newcomb.make(accuracy=0.6)  # every number of the problem is a keyword
+    """
 
     name: str
     """Short name used by the CLI and the registry, e.g. ``newcomb``."""
@@ -89,6 +98,15 @@ def register_testbed(testbed: Testbed, *, overwrite: bool = False) -> Testbed:
     The gymnasium entry point is the env class's import path (a string, not the class), so
     gymnasium and minari can record the env spec as JSON and rebuild the env later; the
     class must therefore be importable from its module.
+
+    Example: ``examples/custom_testbed.py`` registers Death in Damascus this way; loaded as a
+    plugin, ``simagents testbed death_in_damascus`` runs it:
+
+    >>> import simagents
+    >>> from simagents.envs import TESTBEDS
+    >>> _ = simagents.load_plugins(["examples/custom_testbed.py"])  # calls register_testbed
+    >>> TESTBEDS["death_in_damascus"].env_id
+    'examples/DeathInDamascus-v0'
     """
     if not overwrite and testbed.name in TESTBEDS:
         raise ValueError(f"a testbed named {testbed.name!r} is already registered; pass overwrite=True")
@@ -247,6 +265,7 @@ def one_step_episode(
     action_space: gym.Space,
     intervene: bool,
     policy: str,
+    block: int = -1,
 ) -> Episode:
     """A one-shot problem's episode: one step, the same observation before and after it."""
     return episode_from_arrays(
@@ -259,6 +278,7 @@ def one_step_episode(
         action_space=action_space,
         interventions=np.array([intervene]),
         policy=policy,
+        block=block,
     )
 
 
@@ -271,7 +291,8 @@ def blocked_interventions(episodes: int, n_actions: int) -> tuple[np.ndarray, np
     itself, not only in expectation, so the simulator's interventional values differ by
     exactly the causal effect of the action. Without blocking, a small causal effect
     (Newcomb's transparent 1,000 beside an opaque 1,000,000) drowns in sampling noise of
-    the hidden state: resolving it would take millions of episodes.
+    the hidden state: resolving it would take millions of episodes. ``source`` doubles as
+    the episodes' block id (:attr:`Episode.block`), which keeps a block in one batch.
     """
     index = np.arange(episodes)
     return index - index % n_actions, index % n_actions
@@ -284,9 +305,10 @@ def mirrored_population(
     undecided_first: float,
     mirror_accuracy: float,
     intervene: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Demonstrators of a two-action problem in which something mirrors the chooser's disposition
-    (Newcomb's predictor, the twin's copy). Returns ``(kind, action, mirror)`` per episode.
+    (Newcomb's predictor, the twin's copy). Returns ``(kind, action, mirror, block)`` per episode
+    (``block`` -1 for observational data).
 
     ``kind`` 0 always takes action 0, 1 always action 1, 2 is undecided (action 0 with
     probability ``undecided_first``); ``shares`` are the first two kinds' shares. The mirror
@@ -300,11 +322,11 @@ def mirrored_population(
     disposition = np.select([kind == 0, kind == 1], [0, 1], default=coin)
     matches = rng.random(episodes) < mirror_accuracy
     mirror = np.where(matches, disposition, 1 - disposition)
-    action = disposition
+    action, block = disposition, np.full(episodes, -1)
     if intervene:
-        source, action = blocked_interventions(episodes, 2)
-        kind, mirror = kind[source], mirror[source]
-    return kind, action, mirror
+        block, action = blocked_interventions(episodes, 2)
+        kind, mirror = kind[block], mirror[block]
+    return kind, action, mirror, block
 
 
 def check_population(where: str, **shares: float) -> None:

@@ -132,7 +132,7 @@ def demonstrations(
     p = parse_params(NewcombParams, env_kwargs, where="newcomb demonstrations")
     check_episodes(episodes, "newcomb demonstrations")
     # The predictor reads the disposition; without intervention that is also the action.
-    kind, action, prediction = mirrored_population(
+    kind, action, prediction, block = mirrored_population(
         rng, episodes, (p.one_boxers, p.two_boxers), p.undecided_one_box, p.accuracy, intervene
     )
     reward = _reward(action, prediction, p)
@@ -146,6 +146,7 @@ def demonstrations(
             env.action_space,
             intervene,
             "random" if intervene else TYPES[kind[i]],
+            int(block[i]),
         )
         for i in range(episodes)
     ]

@@ -146,9 +146,10 @@ def demonstrations(
     smokes = rng.random(episodes) < p.smoke(lesion, urge)
     action = np.where(smokes, SMOKE, ABSTAIN)
     cancer = rng.random(episodes) < p.cancer(lesion)
+    block = np.full(episodes, -1)
     if intervene:
-        source, action = blocked_interventions(episodes, 2)
-        urge, cancer = urge[source], cancer[source]
+        block, action = blocked_interventions(episodes, 2)
+        urge, cancer = urge[block], cancer[block]
     reward = _reward(action, cancer, p)
     observation = p.observe(urge)
     env = SmokingLesionEnv(tickle=p.tickle)
@@ -161,6 +162,7 @@ def demonstrations(
             env.action_space,
             intervene,
             "random" if intervene else "demonstrator",
+            int(block[i]),
         )
         for i in range(episodes)
     ]

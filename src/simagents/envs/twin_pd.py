@@ -136,7 +136,7 @@ def demonstrations(
     p = parse_params(TwinPDParams, env_kwargs, where="twin_pd demonstrations")
     check_episodes(episodes, "twin_pd demonstrations")
     # The copy runs the demonstrator's disposition; without intervention that is also its move.
-    kind, action, other = mirrored_population(
+    kind, action, other, block = mirrored_population(
         rng, episodes, (p.cooperators, p.defectors), p.undecided_cooperate, p.fidelity, intervene
     )
     reward = _payoff(action, other, p)
@@ -150,6 +150,7 @@ def demonstrations(
             env.action_space,
             intervene,
             "random" if intervene else TYPES[kind[i]],
+            int(block[i]),
         )
         for i in range(episodes)
     ]

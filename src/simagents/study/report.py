@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
+import numpy as np
 
 from simagents.io import atomic_write_text
 
@@ -36,10 +37,7 @@ def control_figure(name: str, result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{result['testbed']}: behaviour policies (grey) and agents from one simulator (blue)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".tmp.png"))
-    plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
+    save_figure(fig, path)
 
 
 def control_section(name: str, result: dict[str, Any]) -> tuple[list[str], str]:
@@ -109,7 +107,277 @@ def interpretation(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure atomically (a half-written PNG would break the HTML report)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- decision testbeds
+
+
+def agent_value(result: dict[str, Any], agent: str, key: str) -> tuple[float, list[float] | None]:
+    """A per-agent number: the mean over seeds and its 95% CI when the study ran several, else the value."""
+    spread = result.get("over_seeds", {}).get("agents", {}).get(agent, {}).get(key)
+    if spread:
+        return spread["mean"], spread["ci95"]
+    value = result["agents"][agent].get(key)
+    return (float("nan") if value is None else float(value)), None
+
+
+def fmt(value: float, ci: list[float] | None = None) -> str:
+    def number(x: float) -> str:
+        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+    return number(value) + (f" [{number(ci[0])}, {number(ci[1])}]" if ci else "")
+
+
+def theory_gap(theory: dict[str, Any], agent: str) -> float | None:
+    """What theory says the agent over-expects: its expected return minus what deployment pays."""
+    entry = theory.get(agent)
+    if not isinstance(entry, dict) or "deployment_return" not in entry:
+        return None
+    return float(entry["expected_return"] - entry["deployment_return"])
+
+
+def measures_delusion(result: dict[str, Any]) -> bool:
+    """Testbeds whose question is self-delusion rather than which action (the boxes tie)."""
+    return "self_delusion_gap" in result["theory"]
+
+
+def headline_cell(result: dict[str, Any], agent: str) -> str:
+    """One agent on one testbed: its choice (or delusion gap, or normalised score), marked against theory."""
+    if agent not in result["agents"]:
+        return ""
+    if result.get("kind") == "control":
+        score, _ = agent_value(result, agent, "normalised_score")
+        return f"{score:.0f}/100"
+    summary = result["agents"][agent]
+    if measures_delusion(result):
+        gap, _ = agent_value(result, agent, "delusion_gap")
+        expected = theory_gap(result["theory"], agent)
+        mark = "" if expected is None else (" ✓" if abs(gap - expected) < 0.2 else " ✗")
+        return f"gap {gap:+.2f}" + ("" if expected is None else f" (theory {expected:+.2f})") + mark
+    expected = summary.get("theory_choice")
+    rate, _ = agent_value(result, agent, f"choice_rate/{summary['choice']}")
+    if not np.isfinite(rate):
+        rate = summary["choice_rates"][summary["choice"]]
+    text = f"{summary['choice']} {rate:.2f}"
+    if expected:
+        text += " ✓" if summary["choice"] == expected else f" ✗ (theory {expected})"
+    return text
+
+
+def headline_table(results: dict[str, Any]) -> list[str]:
+    testbeds = results["testbeds"]
+    agents = list(dict.fromkeys(a for r in testbeds.values() for a in r["agents"]))
+    lines = [
+        "| agent | " + " | ".join(testbeds) + " |",
+        "|---|" + "---|" * len(testbeds),
+    ]
+    for belief in ("edt", "cdt"):
+        row = []
+        for r in testbeds.values():
+            entry = r.get("theory", {}).get(belief)
+            if r.get("kind") == "control" or not isinstance(entry, dict):
+                row.append("")
+            elif measures_delusion(r):
+                row.append(f"gap {theory_gap(r['theory'], belief):+.2f}")
+            else:
+                row.append(entry["choice"])
+        lines.append(f"| *theory: {belief.upper()}* | " + " | ".join(row) + " |")
+    for agent in agents:
+        lines.append(f"| {agent} | " + " | ".join(headline_cell(r, agent) for r in testbeds.values()) + " |")
+    return lines
+
+
+def decision_figure(result: dict[str, Any], path: Path) -> None:
+    """Choice rates per agent (stacked), the theory's choice written above each bar."""
+    names = list(next(iter(result["agents"].values()))["choice_rates"])
+    agents = list(result["agents"])
+    fig, ax = plt.subplots(figsize=(6.5, 3.0), dpi=110)
+    bottom = np.zeros(len(agents))
+    for i, choice in enumerate(names):
+        rates = np.array([result["agents"][a]["choice_rates"][choice] for a in agents])
+        ax.bar(agents, rates, bottom=bottom, label=choice, color=plt.cm.tab10(i))
+        bottom += rates
+    for x, agent in enumerate(agents):
+        expected = result["agents"][agent].get("theory_choice")
+        if expected:
+            ax.annotate(f"theory: {expected}", (x, 1.02), ha="center", fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("share of episodes")
+    ax.set_title(f"{result['testbed']}: first choice of each agent from one simulator")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def delusion_figure(testbeds: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Predicted minus realised first reward per agent, beside theory, for every testbed that measures it."""
+    rows = [(name, r) for name, r in testbeds.items() if r.get("kind") == "decision" and measures_delusion(r)]
+    if not rows:
+        return False
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.5 * len(rows), 3.0), dpi=110, squeeze=False)
+    for ax, (name, r) in zip(axes[0], rows, strict=True):
+        agents = [a for a in r["agents"] if "delusion_gap" in r["agents"][a]]
+        gaps = [agent_value(r, a, "delusion_gap") for a in agents]
+        errors = np.array([[m - ci[0], ci[1] - m] if ci else [0.0, 0.0] for m, ci in gaps]).T
+        ax.bar(agents, [m for m, _ in gaps], yerr=errors, color="#3b6ea8", capsize=3, label="measured")
+        for x, agent in enumerate(agents):
+            expected = theory_gap(r["theory"], agent)
+            if expected is not None:
+                ax.plot([x - 0.4, x + 0.4], [expected, expected], color="#d62728", lw=2)
+        ax.axhline(0, color="#888888", lw=0.8)
+        ax.set_title(f"{name}: self-delusion gap (red: theory)")
+        ax.set_ylabel("predicted − realised reward")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def calibration_figure(testbeds: dict[str, dict[str, Any]], path: Path) -> bool:
+    """The Decision Transformer's achieved return against its prompt, per testbed (diagonal: perfect)."""
+    rows = [(name, r["dt_calibration"]) for name, r in testbeds.items() if r.get("dt_calibration")]
+    if not rows:
+        return False
+    cols = min(3, len(rows))
+    grid = -(-len(rows) // cols)
+    fig, axes = plt.subplots(grid, cols, figsize=(3.2 * cols, 2.7 * grid), dpi=110, squeeze=False)
+    for ax in axes.flat[len(rows) :]:
+        ax.axis("off")
+    for ax, (name, points) in zip(axes.flat, rows, strict=False):
+        prompted = [p["prompted"] for p in points]
+        achieved = [p["achieved"] for p in points]
+        low, high = min(prompted + achieved), max(prompted + achieved)
+        ax.plot([low, high], [low, high], color="#888888", lw=0.8, ls="--")
+        ax.errorbar(prompted, achieved, yerr=[p["std"] for p in points], fmt="o-", color="#3b6ea8", capsize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("prompted return", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for row in axes:
+        row[0].set_ylabel("achieved return", fontsize=8)
+    fig.suptitle("dt: achieved vs prompted return (q10, q50, q90, max of the data)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def decision_interpretation(result: dict[str, Any]) -> str:
+    """One paragraph in the seed texts' terms, built from the measured numbers only."""
+    agents, theory = result["agents"], result["theory"]
+    parts = []
+    if measures_delusion(result):
+        for agent, label in (("edt", "evidential"), ("cdt", "causal")):
+            if agent in agents and "delusion_gap" in agents[agent]:
+                gap = agents[agent]["delusion_gap"]
+                steps = agents[agent]["mean_steps"]
+                parts.append(
+                    f"The {label} planner expected its first opening to pay {gap:+.2f} more than it did "
+                    f"(theory {theory_gap(theory, agent):+.2f}) and needed {steps:.2f} openings on average."
+                )
+        if {"edt", "cdt"} <= set(agents):
+            deluded = agents["edt"]["delusion_gap"] > agents["cdt"]["delusion_gap"] + 0.2
+            parts.append(
+                "Reading its own action as evidence, the simulator takes its choice as a sign that it "
+                "knew where the prize was: self-delusion (Ortega et al.). Marked as an intervention, the "
+                "action carries no such evidence."
+                if deluded
+                else "Here the two planners' gaps do not separate: at this budget the simulator does not "
+                "show the self-delusion theory predicts for the evidential reading."
+            )
+        return " ".join(parts)
+    choices = {a: agents[a]["choice"] for a in ("edt", "cdt") if a in agents}
+    follows = {a: choices[a] == theory[a]["choice"] for a in choices if isinstance(theory.get(a), dict)}
+    if len(follows) == 2 and all(follows.values()):
+        if theory["edt"]["choice"] != theory["cdt"]["choice"]:
+            parts.append(
+                f"The evidential planner chose {choices['edt']} and the causal planner {choices['cdt']}, "
+                "as theory says for these parameters: one simulator became an evidential decision "
+                "theorist when it read its own action as evidence, and a causal one when the action was "
+                "marked as an intervention (counterfactual teaching, seed 000)."
+            )
+        else:
+            parts.append(f"Both planners chose {choices['edt']}, as theory says for these parameters.")
+    else:
+        for agent, ok in follows.items():
+            if not ok:
+                parts.append(
+                    f"The {agent.upper()} planner chose {choices[agent]} where theory says "
+                    f"{theory[agent]['choice']}: at this budget its action values do not separate the "
+                    "actions the way the data's conditionals do."
+                )
+    earned = {a: agents[a]["mean_return"] for a in choices}
+    if len(earned) == 2 and choices.get("edt") != choices.get("cdt"):
+        better = max(earned, key=earned.get)  # type: ignore[arg-type]
+        parts.append(
+            f"In deployment {better.upper()} earned more ({fmt(earned[better])} against "
+            f"{fmt(min(earned.values()))}); theory's best choice in deployment is "
+            f"{theory.get('deployment_best', '?')}."
+        )
+    if "dt" in agents and isinstance(theory.get("dt"), dict):
+        prompt = theory["dt"].get("prompt")
+        got = agents["dt"]["mean_return"]
+        parts.append(
+            f"Prompted with the best return in the data ({fmt(prompt)}), the Decision Transformer chose "
+            f"{agents['dt']['choice']} and averaged {fmt(got)}"
+            + (
+                ": it conditions on an outcome that only luck delivered, and is misled by it (seed 000)."
+                if prompt is not None
+                and got < prompt - 1e-9
+                and agents["dt"]["choice"] == theory["dt"]["choice"]
+                else "."
+            )
+        )
+    demonstrators = result["data"].get("observational", {}).get("first_choice_rates")
+    if "imitation" in agents and demonstrators:
+        rates = agents["imitation"]["choice_rates"]
+        off = max(abs(rates[c] - demonstrators[c]) for c in rates)
+        parts.append(
+            f"The imitator chose {', '.join(f'{c} {r:.2f}' for c, r in rates.items())}; the demonstrators "
+            f"in the data {', '.join(f'{c} {r:.2f}' for c, r in demonstrators.items())}: "
+            + (
+                "it simulates the population, it does not decide (seed 003)."
+                if off <= 0.1
+                else "not the population's mix, so at this budget it is not yet a faithful simulator of it."
+            )
+        )
+    return " ".join(parts)
+
+
+def decision_section(name: str, result: dict[str, Any]) -> tuple[list[str], str]:
+    params = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["params"].items()
+    )
+    data = result["data"]
+    seeds = result.get("over_seeds", {}).get("seeds")
+    lines = [
+        f"## {name}",
+        "",
+        f"Parameters: {params}. Data: "
+        + ", ".join(f"{d['episodes']} {kind} episodes" for kind, d in data.items())
+        + (f". Mean and 95% CI over seeds {seeds}." if seeds else f". Seed {result['seed']}."),
+        "",
+        "| agent | choice rates | mean return | predicted − realised first reward | theory's choice |",
+        "|---|---|---|---|---|",
+    ]
+    for agent, summary in result["agents"].items():
+        rates = " ".join(f"{c} {r:.2f}" for c, r in summary["choice_rates"].items())
+        gap = fmt(*agent_value(result, agent, "delusion_gap")) if "delusion_gap" in summary else ""
+        lines.append(
+            f"| {agent} | {rates} | {fmt(*agent_value(result, agent, 'mean_return'))} | {gap} "
+            f"| {summary.get('theory_choice') or ''} |"
+        )
+    figure = f"figures/{name}_choices.png"
+    lines += ["", f"![{name} choices]({figure})", "", decision_interpretation(result), ""]
+    return lines, figure
+
+
 def write_report(folder: Path, results: dict[str, Any]) -> None:
+    testbeds = results["testbeds"]
     md = [
         "# simagents study",
         "",
@@ -118,14 +386,27 @@ def write_report(folder: Path, results: dict[str, Any]) -> None:
         "One trajectory simulator per testbed, turned into different agents by different decision "
         "procedures. Each section shows what kind of agent came out.",
         "",
+        "## Headline",
+        "",
+        "Each agent's most frequent first choice and its share of episodes (✓: the choice theory makes "
+        "for that decision rule at these parameters, ✗: not); for delusion boxes the self-delusion gap; "
+        "for control tasks the normalised score (0 random, 100 the best behaviour policy).",
+        "",
+        *headline_table(results),
+        "",
     ]
-    figures = []
-    for name, result in results["testbeds"].items():
+    if calibration_figure(testbeds, folder / "figures" / "dt_calibration.png"):
+        md += ["![dt calibration](figures/dt_calibration.png)", ""]
+    if delusion_figure(testbeds, folder / "figures" / "delusion_gap.png"):
+        md += ["![delusion gap](figures/delusion_gap.png)", ""]
+    for name, result in testbeds.items():
         if result.get("kind") == "control":
             lines, figure = control_section(name, result)
             control_figure(name, result, folder / figure)
-            md += lines
-            figures.append(figure)
+        else:
+            lines, figure = decision_section(name, result)
+            decision_figure(result, folder / figure)
+        md += lines
     text = "\n".join(md) + "\n"
     atomic_write_text(folder / "report.md", text)
     atomic_write_text(folder / "report.html", markdown_to_html(text, folder))

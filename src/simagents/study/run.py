@@ -1,30 +1,39 @@
 """The study: the main job. Data -> simulator -> every agent -> metrics -> a report a person reads.
 
-For now it runs the CartPole control cell (mixed-skill data, one simulator, the
-imitation / Decision Transformer / evidential planner routes); the decision
-testbeds join as cells as they land. Each cell writes its own results.json, so
-``resume`` skips finished cells.
+A study is a grid of *cells*: each testbed (the decision testbeds and the control tasks)
+for each seed. A cell trains its own simulator from its own data and writes its own
+``results.json`` under ``cells/<testbed>/seed<k>/``, so ``resume`` skips finished cells
+and a killed study loses at most the cell it was in. ``results.json`` at the top
+gathers the cells: per testbed the first seed's results object, plus, over several
+seeds, the mean and 95% confidence interval of every number (``over_seeds``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shlex
+import shutil
 import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from simagents.agents import evaluate, make_agent
 from simagents.data.collect import CollectConfig, collect, make_env
 from simagents.data.minari_io import load_dataset
+from simagents.envs import get_testbed
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, read_json, to_dict
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.report import write_report
+from simagents.study.testbed import run_testbed
 from simagents.train import TrainConfig, train
 
 
@@ -33,26 +42,72 @@ class Profile:
     """Budget of one study run."""
 
     episodes: int
-    """Behaviour episodes collected per dataset."""
+    """Behaviour episodes collected per control-task dataset."""
     steps: int
-    """Training steps per simulator."""
+    """Training steps per control-task simulator."""
     eval_episodes: int
-    """Evaluation episodes per agent."""
+    """Evaluation episodes per agent on a control task."""
     model: SimulatorConfig
-    """Simulator architecture."""
+    """Control-task simulator architecture."""
+    testbed_budget: str
+    """Budget of each decision testbed (a name in ``simagents.study.testbed.BUDGETS``)."""
+    seeds: int
+    """Seeds per cell unless ``--seeds`` says otherwise; confidence intervals need two or more."""
+    calibration_episodes: int
+    """Episodes per prompted return for the Decision Transformer's calibration curve."""
 
 
 PROFILES = {
-    "quick": Profile(episodes=300, steps=1000, eval_episodes=20, model=SimulatorConfig()),
+    "quick": Profile(
+        episodes=300,
+        steps=1000,
+        eval_episodes=20,
+        model=SimulatorConfig(),
+        testbed_budget="default",
+        seeds=1,
+        calibration_episodes=5,
+    ),
+    "full": Profile(
+        episodes=1000,
+        steps=3000,
+        eval_episodes=50,
+        model=SimulatorConfig(),
+        testbed_budget="default",
+        seeds=3,
+        calibration_episodes=10,
+    ),
     "smoke": Profile(
         episodes=12,
         steps=10,
         eval_episodes=2,
         model=SimulatorConfig(context_len=4, n_embd=16, n_layer=1, n_head=1),
+        testbed_budget="smoke",
+        seeds=1,
+        calibration_episodes=1,
     ),
 }
 
 CONTROL_AGENTS = ("imitation", "dt", "edt")
+DECISION_AGENTS = ("imitation", "dt", "edt", "cdt")
+# Prompts of the Decision Transformer's calibration curve: percentiles of the data's returns.
+DT_TARGETS = ("q10", "q50", "q90", "max")
+
+
+def calibration(simulator: Simulator, env: gym.Env, episodes: int, seed: int) -> list[dict[str, Any]]:
+    """Prompted vs achieved return of ``dt`` at :data:`DT_TARGETS`: ``[{target, prompted, achieved, std}]``."""
+    points = []
+    for target in DT_TARGETS:
+        agent = make_agent("dt", simulator, target=target)
+        returns = evaluate(agent, env, episodes, seed=20_000 + seed).returns
+        points.append(
+            {
+                "target": target,
+                "prompted": float(agent.initial_target),  # type: ignore[attr-defined]
+                "achieved": float(np.mean(returns)),
+                "std": float(np.std(returns)),
+            }
+        )
+    return points
 
 
 def run_control_cell(
@@ -104,14 +159,105 @@ def run_control_cell(
         },
         "simulator": {"heldout": json.loads(heldout[-1]) if heldout else {}},
         "agents": agents,
+        "dt_calibration": calibration(simulator, env, profile.calibration_episodes, seed),
     }
 
 
-def cartpole_cell(folder: Path, profile: Profile, seed: int, progress: bool) -> dict[str, Any]:
-    return run_control_cell(folder, "CartPole-v1", profile, seed, progress)
+def run_decision_cell(folder: Path, name: str, profile: Profile, seed: int, progress: bool) -> dict[str, Any]:
+    """One decision testbed at its default parameters: theory beside every agent's choice."""
+    results = run_testbed(
+        name,
+        {},
+        agents=DECISION_AGENTS,
+        seed=seed,
+        out=folder,
+        budget=profile.testbed_budget,
+        progress=progress,
+    )
+    env = get_testbed(name).make(**results["params"])
+    results["kind"] = "decision"
+    results["dt_calibration"] = calibration(
+        Simulator.load(folder / "simulator"), env, profile.calibration_episodes, seed
+    )
+    env.close()
+    return results
 
 
-CELLS = {"cartpole": cartpole_cell}
+@dataclass(frozen=True)
+class Cell:
+    """One testbed of the study: how to run it for a seed, and its rough relative cost (for the ETA)."""
+
+    run: Callable[[Path, Profile, int, bool], dict[str, Any]]
+    cost: float
+    resumable: bool
+    """Whether an interrupted cell continues from what it left (its training resumes) or starts over."""
+
+
+def _control(env_id: str) -> Callable[[Path, Profile, int, bool], dict[str, Any]]:
+    return lambda folder, profile, seed, progress: run_control_cell(folder, env_id, profile, seed, progress)
+
+
+def _decision(name: str) -> Callable[[Path, Profile, int, bool], dict[str, Any]]:
+    return lambda folder, profile, seed, progress: run_decision_cell(folder, name, profile, seed, progress)
+
+
+# Costs measured on 2 cores at the quick profile: CartPole ~5 min, a decision testbed ~40 s.
+CELLS: dict[str, Cell] = {
+    **{
+        name: Cell(_decision(name), cost=1.0, resumable=False)
+        for name in ("newcomb", "twin_pd", "smoking_lesion", "delusion_boxes", "gamble")
+    },
+    "cartpole": Cell(_control("CartPole-v1"), cost=8.0, resumable=True),
+}
+
+
+def select_cells(only: Sequence[str] | None) -> list[str]:
+    """The cells to run, in the study's order; unknown names are an error that lists the known ones."""
+    if not only:
+        return list(CELLS)
+    unknown = [name for name in only if name not in CELLS]
+    if unknown:
+        raise SimagentsError(f"--only {','.join(unknown)}: unknown cell; choose from {', '.join(CELLS)}")
+    return [name for name in CELLS if name in only]
+
+
+# Two-sided 95% Student-t quantiles by degrees of freedom; beyond the table the normal 1.96.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci95(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and 95% confidence interval (Student t) of per-seed values."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "ci95": [mean, mean], "n": len(x)}
+    half = _T95.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(x)}
+
+
+def over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every per-agent number (and choice rate) across seeds: mean and 95% CI."""
+    agents: dict[str, dict[str, Any]] = {}
+    for agent in per_seed[0]["agents"]:
+        flat: dict[str, list[float]] = {}
+        for result in per_seed:
+            summary = result["agents"][agent]
+            for key, value in summary.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    flat.setdefault(key, []).append(float(value))
+            for choice, rate in summary.get("choice_rates", {}).items():
+                flat.setdefault(f"choice_rate/{choice}", []).append(float(rate))
+        agents[agent] = {
+            key: mean_ci95(values) for key, values in flat.items() if len(values) == len(per_seed)
+        }
+    return {"seeds": [r["seed"] for r in per_seed], "agents": agents}
+
+
+def _eta(done: float, total: float, elapsed: float) -> str:
+    if done <= 0:
+        return "estimating"
+    seconds = elapsed / done * (total - done)
+    return f"about {seconds / 60:.0f} min left" if seconds >= 90 else f"about {seconds:.0f} s left"
 
 
 def run_study(
@@ -120,13 +266,29 @@ def run_study(
     seed: int = 0,
     progress: bool = True,
     resume: bool = False,
+    seeds: int | None = None,
+    only: Sequence[str] | None = None,
 ) -> Path:
-    """Run every cell of the study and write results.json, report.md, report.html and figures/."""
+    """Run every cell of the study and write results.json, report.md, report.html and figures/.
+
+    Example (seconds: the smoke profile learns nothing)::
+
+        from pathlib import Path
+        from simagents.study.run import run_study
+
+        folder = run_study(profile="smoke", out=Path("runs/smoke"), only=["newcomb"], progress=False)
+        print((folder / "report.md").read_text())
+    """
     if profile not in PROFILES:
         raise SimagentsError(f"--profile {profile!r} is not one of: {', '.join(PROFILES)}")
-    folder = out or Path("runs") / f"{dt.date.today().isoformat()}-{profile}"
     budget = PROFILES[profile]
-    config = {"profile": profile, "seed": seed, "budget": to_dict(budget)}
+    n_seeds = budget.seeds if seeds is None else seeds
+    if n_seeds < 1:
+        raise SimagentsError(f"--seeds {n_seeds}: need at least one seed")
+    names = select_cells(only)
+    seed_list = [seed + i for i in range(n_seeds)]
+    folder = out or Path("runs") / f"{dt.date.today().isoformat()}-{profile}"
+    config = {"profile": profile, "seeds": seed_list, "cells": names, "budget": to_dict(budget)}
     if folder.exists() and any(folder.iterdir()):
         if not resume:
             raise SimagentsError(
@@ -134,22 +296,46 @@ def run_study(
             )
         if read_json(folder / "config.json", "study config") != config:
             raise SimagentsError(
-                f"{folder}/config.json: made with another profile or seed; resume with the same ones"
+                f"{folder}/config.json: made with another profile, seed, --seeds or --only; "
+                "resume with the same ones or choose another --out"
             )
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "config.json", config)
     atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
-    results: dict[str, Any] = {"version": 1, "profile": profile, "seeds": [seed], "testbeds": {}}
-    for name, cell in CELLS.items():
-        cell_folder = folder / "cells" / name
-        done = cell_folder / "results.json"
-        if done.is_file():
-            results["testbeds"][name] = read_json(done, "cell results")
+
+    jobs = [(name, s) for name in names for s in seed_list]
+    total = sum(CELLS[name].cost for name, _ in jobs)
+    done, spent, start = 0.0, 0.0, time.perf_counter()
+    per_cell: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for index, (name, cell_seed) in enumerate(jobs, 1):
+        cell_folder = folder / "cells" / name / f"seed{cell_seed}"
+        finished = cell_folder / "cell.json"
+        if finished.is_file():
+            per_cell[name].append(read_json(finished, "cell results"))
+            total -= CELLS[name].cost  # reused: not part of this run's ETA
             continue
+        if progress:
+            print(
+                f"[{index}/{len(jobs)}] {name}, seed {cell_seed} ({_eta(done, total, spent)})",
+                file=sys.stderr,
+            )
+        if cell_folder.exists() and not CELLS[name].resumable:
+            shutil.rmtree(cell_folder)  # interrupted before it finished: start it again
         cell_folder.mkdir(parents=True, exist_ok=True)
-        cell_result = cell(cell_folder, budget, seed, progress)
-        atomic_write_json(done, cell_result)
-        results["testbeds"][name] = cell_result
+        tick = time.perf_counter()
+        result = CELLS[name].run(cell_folder, budget, cell_seed, progress)
+        atomic_write_json(finished, result)
+        per_cell[name].append(result)
+        spent += time.perf_counter() - tick
+        done += CELLS[name].cost
+    if progress:
+        print(f"study done in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
+
+    results: dict[str, Any] = {"version": 1, "profile": profile, "seeds": seed_list, "testbeds": {}}
+    for name, per_seed in per_cell.items():
+        results["testbeds"][name] = dict(per_seed[0])
+        if len(per_seed) > 1:
+            results["testbeds"][name]["over_seeds"] = over_seeds(per_seed)
     atomic_write_json(folder / "results.json", results)
     write_report(folder, results)
     return folder

@@ -146,9 +146,13 @@ def make_datasets(
             env_kwargs=params,
             description=f"{testbed.name}: {n_episodes} {kind} episodes (simagents testbed)",
         )
+        first = np.bincount([int(e.actions[0]) for e in episodes], minlength=len(testbed.action_names))
         out[kind] = {
             "path": str(path),
             "episodes": len(episodes),
+            "first_choice_rates": {
+                name: float(first[i] / len(episodes)) for i, name in enumerate(testbed.action_names)
+            },
             "steps": sum(len(e) for e in episodes),
             "mean_return": float(np.mean([e.episode_return for e in episodes])),
             "max_length": max(len(e) for e in episodes),
@@ -257,6 +261,17 @@ def run_testbed(
 
     Bad names, parameters, agents or an existing non-empty ``out`` raise
     :class:`SimagentsError` before anything is written.
+
+    Example (``simagents testbed newcomb --param accuracy=0.9 --budget smoke --out runs/newcomb``;
+    the ``smoke`` budget checks the plumbing in seconds, ``default`` trains planners that follow
+    the theory):
+
+    >>> from simagents import run_testbed
+    >>> results = run_testbed("newcomb", {"accuracy": 0.9}, agents=["edt", "cdt"], budget="smoke", out="runs/newcomb")
+    >>> results["theory"]["edt"]["choice"], results["theory"]["cdt"]["choice"]
+    ('one_box', 'two_box')
+    >>> sorted(results["agents"])
+    ['cdt', 'edt']
     """
     testbed = get_testbed(name)
     full_params = testbed.check_params(params)
