@@ -34,7 +34,8 @@ VARIANTS = [(name, {}) for name in IDS] + [
 
 
 def test_all_testbeds_registered() -> None:
-    assert {name: t.env_id for name, t in TESTBEDS.items()} == IDS
+    assert {name: TESTBEDS[name].env_id for name in IDS} == IDS
+    assert all(t.env_id.startswith("simagents/") for t in TESTBEDS.values())
     for name, env_id in IDS.items():
         assert gym.spec(env_id).entry_point.startswith("simagents.envs.")
         assert get_testbed(name) is get_testbed(env_id) is TESTBEDS[name]
