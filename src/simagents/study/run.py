@@ -24,6 +24,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from rich.console import Console
 
 from simagents.agents import evaluate, make_agent
 from simagents.data.collect import CollectConfig, collect, make_env
@@ -208,6 +209,7 @@ CELLS: dict[str, Cell] = {
         for name in ("newcomb", "twin_pd", "smoking_lesion", "delusion_boxes", "gamble")
     },
     "cartpole": Cell(_control("CartPole-v1"), cost=8.0, resumable=True),
+    "doorkey": Cell(_control("simagents/DoorKey-5x5-v0"), cost=8.0, resumable=True),
 }
 
 
@@ -303,6 +305,7 @@ def run_study(
     atomic_write_json(folder / "config.json", config)
     atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
 
+    console = Console(stderr=True)
     jobs = [(name, s) for name in names for s in seed_list]
     total = sum(CELLS[name].cost for name, _ in jobs)
     done, spent, start = 0.0, 0.0, time.perf_counter()
@@ -315,10 +318,7 @@ def run_study(
             total -= CELLS[name].cost  # reused: not part of this run's ETA
             continue
         if progress:
-            print(
-                f"[{index}/{len(jobs)}] {name}, seed {cell_seed} ({_eta(done, total, spent)})",
-                file=sys.stderr,
-            )
+            console.rule(f"[{index}/{len(jobs)}] {name}, seed {cell_seed} · study {_eta(done, total, spent)}")
         if cell_folder.exists() and not CELLS[name].resumable:
             shutil.rmtree(cell_folder)  # interrupted before it finished: start it again
         cell_folder.mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,7 @@ def run_study(
         spent += time.perf_counter() - tick
         done += CELLS[name].cost
     if progress:
-        print(f"study done in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
+        console.rule(f"study done in {(time.perf_counter() - start) / 60:.1f} min")
 
     results: dict[str, Any] = {"version": 1, "profile": profile, "seeds": seed_list, "testbeds": {}}
     for name, per_seed in per_cell.items():
