@@ -8,6 +8,12 @@
 - ``connect_four``: ``simagents/ConnectFour-v0``, actions ``column_0`` ... ``column_6``
 - ``prophecy``: ``simagents/Prophecy-v0``, a forecast in [0, 1] (Box) that moves the event it forecasts
 
+Control tasks (no theory; scored against their behaviour policies):
+
+- ``minigrid``: ``simagents/DoorKey-5x5-v0``, MiniGrid DoorKey with a flat Box view and
+  actions ``left``, ``right``, ``forward``, ``pickup``, ``toggle``; its scripted expert
+  registers the ``doorkey-eps<ε>`` behaviour policies
+
 Every number of a problem is a keyword argument of ``gymnasium.make``::
 
     >>> import gymnasium as gym
@@ -27,6 +33,7 @@ from simagents.envs import (
     connect_four,
     delusion_boxes,
     gamble,
+    minigrid,
     newcomb,
     prophecy,
     smoking_lesion,
@@ -43,5 +50,7 @@ from simagents.envs.base import (
 for _module in (newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble, prophecy, connect_four):
     if _module.TESTBED.name not in TESTBEDS:  # importing twice (reload) must not fail
         register_testbed(_module.TESTBED)
+minigrid.register_env()
+minigrid.register_policies()
 
 __all__ = ["TESTBEDS", "Testbed", "check_params", "get_testbed", "register_testbed"]
