@@ -162,10 +162,11 @@ class CausalSelfAttention(nn.Module):
             mask = None
             if n > 1:  # new tokens see the whole prefix and each other causally
                 L = keys.shape[2] - n
-                mask = torch.ones(n, L + n, dtype=torch.bool, device=x.device).tril(diagonal=L)
+                mask = causal_mask(L + n, x.device)[L:]
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(B, n, C)
-        return F.dropout(self.proj(y), dropout, self.training)
+        y = self.proj(y.transpose(1, 2).reshape(B, n, C))
+        # Dropout is skipped, not run at p=0: at batch 1 every op call is a visible share of an act.
+        return F.dropout(y, dropout) if dropout else y
 
 
 class Block(nn.Module):
@@ -178,12 +179,24 @@ class Block(nn.Module):
             nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd),
             nn.GELU(),
             nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd),
-            nn.Dropout(cfg.dropout),
         )
+        self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, commit: bool = True) -> Tensor:
         x = x + self.attn(self.ln1(x), cache, layer, commit)
-        return x + self.mlp(self.ln2(x))
+        y = self.mlp(self.ln2(x))
+        return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
+
+
+_CAUSAL_MASKS: dict[tuple[int, str], Tensor] = {}
+
+
+def causal_mask(n: int, device: torch.device) -> Tensor:
+    """(n,n) bool, True on and below the diagonal; built once per size and reused (read-only)."""
+    key = (n, str(device))
+    if key not in _CAUSAL_MASKS:
+        _CAUSAL_MASKS[key] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return _CAUSAL_MASKS[key]
 
 
 class KVCache:
@@ -196,13 +209,14 @@ class KVCache:
         self.v = torch.zeros(shape)
         self.length = 0  # tokens stored; advanced by the caller once every layer has written
 
+    # select + narrow rather than a tuple of slices: the same views at a third of the Python cost.
     def write(self, layer: int, k: Tensor, v: Tensor) -> None:
         n = k.shape[2]
-        self.k[layer, :, :, self.length : self.length + n] = k
-        self.v[layer, :, :, self.length : self.length + n] = v
+        self.k[layer].narrow(2, self.length, n).copy_(k)
+        self.v[layer].narrow(2, self.length, n).copy_(v)
 
     def read(self, layer: int, length: int) -> tuple[Tensor, Tensor]:
-        return self.k[layer, :, :, :length], self.v[layer, :, :, :length]
+        return self.k[layer].narrow(2, 0, length), self.v[layer].narrow(2, 0, length)
 
 
 class Simulator(nn.Module):
@@ -289,35 +303,48 @@ class Simulator(nn.Module):
     def _time(self, timesteps: Tensor) -> Tensor:
         return self.time_embed(timesteps.clamp(max=self.cfg.max_timestep - 1))
 
-    def embed_observation(self, obs: Tensor, timesteps: Tensor) -> Tensor:
-        """obs (B,n) long or (B,n,obs_dim); timesteps (B,n) -> (B,n,d)"""
+    # Each token is its content plus its timestep's embedding. The content parts are apart so that
+    # the four tokens of a timestep look the time embedding up once (forward, Context).
+
+    def _observation_content(self, obs: Tensor) -> Tensor:
         if self.obs_discrete:
-            x = self.obs_embed(obs - self.obs_start)
-        else:
-            x = self.obs_embed(self.normalize_observation(obs))
-        return x + self._time(timesteps)
+            return self.obs_embed(obs - self.obs_start)
+        return self.obs_embed(self.normalize_observation(obs))
 
-    def embed_return(self, returns: Tensor, known: Tensor, timesteps: Tensor) -> Tensor:
-        """returns (B,n); known (B,n) bool, False writes the unknown-return token -> (B,n,d)"""
+    def _return_content(self, returns: Tensor, known: Tensor) -> Tensor:
         x = self.return_embed(self._scale_return(returns).unsqueeze(-1))
-        x = torch.where(known.unsqueeze(-1), x, self.unknown_return)
-        return x + self._time(timesteps)
+        return torch.where(known.unsqueeze(-1), x, self.unknown_return)
 
-    def embed_action(self, actions: Tensor, interventions: Tensor, timesteps: Tensor) -> Tensor:
-        """actions (B,n) long or (B,n,act_dim); interventions (B,n) bool -> (B,n,d)"""
+    def _action_content(self, actions: Tensor, interventions: Tensor) -> Tensor:
         if self.act_discrete:
             x = self.act_embed(actions - self.act_start)
         else:
             x = self.act_embed(self.normalize_action(actions))
-        return x + self.intervention_embed(interventions.long()) + self._time(timesteps)
+        return x + self.intervention_embed(interventions.long())
+
+    def _reward_content(self, rewards: Tensor) -> Tensor:
+        return self.reward_embed((rewards / self.stats.reward_scale).unsqueeze(-1))
+
+    def embed_observation(self, obs: Tensor, timesteps: Tensor) -> Tensor:
+        """obs (B,n) long or (B,n,obs_dim); timesteps (B,n) -> (B,n,d)"""
+        return self._observation_content(obs) + self._time(timesteps)
+
+    def embed_return(self, returns: Tensor, known: Tensor, timesteps: Tensor) -> Tensor:
+        """returns (B,n); known (B,n) bool, False writes the unknown-return token -> (B,n,d)"""
+        return self._return_content(returns, known) + self._time(timesteps)
+
+    def embed_action(self, actions: Tensor, interventions: Tensor, timesteps: Tensor) -> Tensor:
+        """actions (B,n) long or (B,n,act_dim); interventions (B,n) bool -> (B,n,d)"""
+        return self._action_content(actions, interventions) + self._time(timesteps)
 
     def embed_reward(self, rewards: Tensor, timesteps: Tensor) -> Tensor:
         """rewards (B,n) -> (B,n,d)"""
-        return self.reward_embed((rewards / self.stats.reward_scale).unsqueeze(-1)) + self._time(timesteps)
+        return self._reward_content(rewards) + self._time(timesteps)
 
     def transform(self, x: Tensor, cache: KVCache | None = None, commit: bool = True) -> Tensor:
         """Token embeddings (B,n,d) -> final hidden states (B,n,d), optionally through a KV cache."""
-        x = self.drop(x)
+        if self.training and self.cfg.dropout:
+            x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, commit)
         if cache is not None and commit:
@@ -333,13 +360,13 @@ class Simulator(nn.Module):
         known = batch["return_known"].unsqueeze(1).expand(B, K)  # per window
         tokens = torch.stack(
             [
-                self.embed_observation(batch["observations"], t),
-                self.embed_return(batch["returns_to_go"], known, t),
-                self.embed_action(batch["actions"], batch["interventions"], t),
-                self.embed_reward(batch["rewards"], t),
+                self._observation_content(batch["observations"]),
+                self._return_content(batch["returns_to_go"], known),
+                self._action_content(batch["actions"], batch["interventions"]),
+                self._reward_content(batch["rewards"]),
             ],
             dim=2,
-        )  # (B,K,4,d)
+        ) + self._time(t).unsqueeze(2)  # (B,K,4,d)
         h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1)).view(B, K, TOKENS_PER_STEP, -1)
         return {"obs": h[:, :, 0], "return": h[:, :, 1], "action": h[:, :, 2], "reward": h[:, :, 3]}
 
@@ -542,6 +569,7 @@ class Context:
         self.pending: list[Tensor] = []  # (1,1,d) per token pushed but not yet run
         self.last_hidden: Tensor | None = None
         self.timestep = -1
+        self._time_cache: tuple[int, Tensor] | None = None  # (timestep, its embedding (1,1,d))
 
     def hidden(self) -> Tensor:
         """Run the pending tokens; the hidden state at the last token pushed (1,d)."""
@@ -570,28 +598,32 @@ class Context:
         self.hidden()
         return -(-len(self.embeddings) // TOKENS_PER_STEP)
 
-    @staticmethod
-    def _t(value: int) -> Tensor:
-        return torch.tensor([[value]])
+    def time_token(self) -> Tensor:
+        """The current timestep's embedding (1,1,d), looked up once for its four tokens."""
+        if self._time_cache is None or self._time_cache[0] != self.timestep:
+            self._time_cache = (self.timestep, self.model._time(torch.tensor([[self.timestep]])))
+        return self._time_cache[1]
 
     def push_observation(self, obs: Tensor) -> None:
         """Start a new timestep with its observation: (obs_dim,) floats or a scalar index."""
         self.timestep += 1
-        t = self._t(self.timestep)
-        self.pending.append(self.model.embed_observation(obs.reshape(1, 1, *obs.shape), t))
+        content = self.model._observation_content(obs.reshape(1, 1, *obs.shape))
+        self.pending.append(content + self.time_token())
 
     def push_return(self, target: float | None) -> Tensor:
         """Return-to-go token (None: unknown); returns the hidden state at R_t (1,d), the policy's input."""
-        t = self._t(self.timestep)
-        value = torch.tensor([[0.0 if target is None else float(target)]])
-        self.pending.append(self.model.embed_return(value, torch.tensor([[target is not None]]), t))
+        if target is None:  # the unknown token itself: what _return_content selects for known=False
+            content = self.model.unknown_return
+        else:
+            content = self.model._return_content(torch.tensor([[float(target)]]), torch.tensor([[True]]))
+        self.pending.append(content + self.time_token())
         return self.hidden()
 
     def _action_tokens(self, actions: Tensor, intervention: bool) -> Tensor:
         n = actions.shape[0]
-        t = self._t(self.timestep).expand(n, 1)
         flags = torch.full((n, 1), intervention)
-        return self.model.embed_action(actions.reshape(n, 1, *actions.shape[1:]), flags, t)  # (n,1,d)
+        content = self.model._action_content(actions.reshape(n, 1, *actions.shape[1:]), flags)
+        return content + self.time_token()  # (n,1,d)
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
         """The action taken, as evidence (False) or as an intervention (True)."""
@@ -599,8 +631,7 @@ class Context:
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""
-        t = self._t(self.timestep)
-        self.pending.append(self.model.embed_reward(torch.tensor([[float(reward)]]), t))
+        self.pending.append(self.model._reward_content(torch.tensor([[float(reward)]])) + self.time_token())
 
     def evaluate_actions(self, candidates: Tensor, intervention: bool) -> ActionEvaluation:
         """Score N candidate actions (N,) or (N,act_dim) as one batch on the shared cached prefix.
