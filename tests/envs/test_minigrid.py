@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env
 from simagents.data.collect import CollectConfig, collect, collect_episodes, make_env
 from simagents.data.minari_io import load_dataset
 from simagents.data.policies import make_policy, parse_population, valid_policy_names
-from simagents.envs.minigrid import ENV_ID, FORWARD, LEFT, PICKUP, expert_action
+from simagents.envs.minigrid import CELL_KINDS, ENV_ID, FORWARD, LEFT, PICKUP, expert_action
 from simagents.errors import SimagentsError
 
 
@@ -28,24 +28,33 @@ def test_env_passes_gymnasium_checker() -> None:
     check_env(make_env(ENV_ID).unwrapped, skip_render_check=True)
 
 
-def test_observation_shows_direction_and_the_carried_key() -> None:
+def test_observation_is_one_hot_and_shows_direction_and_the_carried_key() -> None:
     env = make_env(ENV_ID)
     world = env.unwrapped.minigrid
     obs, _ = env.reset(seed=3)
-    view = world.agent_view_size**2
-    assert obs.shape == (2 * view + 4,) and obs.dtype == np.float32
-    assert np.argmax(obs[2 * view :]) == world.agent_dir
+    view, kinds = world.agent_view_size, len(CELL_KINDS)
+    cells = obs[: view * view * kinds].reshape(view * view, kinds)
+    assert obs.dtype == np.float32 and (cells.sum(1) == 1).all()
+    assert np.argmax(obs[view * view * kinds :]) == world.agent_dir
     obs, *_ = env.step(LEFT)
-    assert np.argmax(obs[2 * view :]) == world.agent_dir
-    # The agent's own cell is the bottom middle of its view; it shows what it carries.
-    own_cell = (world.agent_view_size // 2) * world.agent_view_size + world.agent_view_size - 1
-    assert obs[own_cell] != 5  # no key carried yet
+    assert np.argmax(obs[view * view * kinds :]) == world.agent_dir
+    # The agent's own cell is the bottom middle of its view ([x, y] order); it shows what it carries.
+    own_cell = (view // 2) * view + view - 1
+    key = own_cell * kinds + CELL_KINDS.index("key")
+    assert obs[key] == 0
     for _ in range(30):
         action = expert_action(world)
         obs, *_ = env.step(action)
         if action == PICKUP:
             break
-    assert world.carrying is not None and obs[own_cell] == 5  # MiniGrid's object index of a key
+    assert world.carrying is not None and obs[key] == 1
+
+
+def test_view_size_sets_the_observation_size() -> None:
+    small, large = make_env(ENV_ID, {"view": 3}), make_env(ENV_ID, {"view": 7})
+    assert small.observation_space.shape == (9 * len(CELL_KINDS) + 4,)
+    assert large.observation_space.shape == (49 * len(CELL_KINDS) + 4,)
+    assert large.reset(seed=0)[0].shape == large.observation_space.shape
 
 
 @pytest.mark.parametrize("size", [5, 6])
@@ -54,7 +63,7 @@ def test_expert_solves_every_layout(size: int) -> None:
     limit = env.unwrapped.minigrid.max_steps
     for seed in range(20):
         total, steps, solved = run_policy(env, "doorkey-eps0.0", seed)
-        assert solved and steps < limit and total > 0.9, (size, seed, steps)
+        assert solved and steps < limit and total > 0.8, (size, seed, steps)
 
 
 def test_noise_lowers_the_return() -> None:
@@ -91,9 +100,12 @@ def test_policy_names_and_mixed_population() -> None:
         make_policy("cartpole-eps0.1", env, np.random.default_rng(0))
 
 
-def test_bad_size_is_a_user_error() -> None:
-    with pytest.raises(SimagentsError, match="size"):
-        make_env(ENV_ID, {"size": 3})
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"size": 3}, "size"), ({"view": 4}, "view"), ({"max_steps": 0}, "max_steps")]
+)
+def test_bad_parameters_are_user_errors(kwargs: dict, field: str) -> None:
+    with pytest.raises(SimagentsError, match=field):
+        make_env(ENV_ID, kwargs)
 
 
 def test_collection_is_deterministic_under_a_seed(tmp_path: Path) -> None:
