@@ -1,0 +1,116 @@
+"""Quality beside d3rlpy's discrete Decision Transformer: same CartPole data, same number of updates.
+
+Our side is the product as a user runs it: ``collect`` (mixed-skill CartPole population),
+``train`` with its defaults, then the ``dt`` and ``edt`` agents. d3rlpy's
+``DiscreteDecisionTransformer`` gets the same episodes, the same number of updates and batch,
+context and width (K=20, 128, 3 layers, 1 head), its own defaults otherwise, and the same return
+target (the best episode return in the data). Every agent plays the same seeded episodes.
+Imported by bench.py with ``--quality``; it needs d3rlpy, so it runs in benchmarks/.venv.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import d3rlpy
+import gymnasium as gym
+import numpy as np
+import torch
+
+from simagents.agents import evaluate, make_agent
+from simagents.data.collect import CollectConfig, collect
+from simagents.data.minari_io import load_dataset
+from simagents.model import Simulator, SimulatorConfig
+from simagents.train import TrainConfig, train
+
+ENV = "CartPole-v1"
+EVAL_SEED = 10_000
+
+
+def d3rlpy_dataset(episodes: list) -> d3rlpy.dataset.MDPDataset:
+    """Our episodes as d3rlpy's flat arrays; an episode's final observation has no action and is dropped."""
+    return d3rlpy.dataset.MDPDataset(
+        observations=np.concatenate([e.observations[:-1] for e in episodes]).astype(np.float32),
+        actions=np.concatenate([e.actions for e in episodes]).reshape(-1, 1),
+        rewards=np.concatenate([e.rewards for e in episodes]).astype(np.float32),
+        terminals=np.concatenate([e.terminations for e in episodes]).astype(np.float32),
+        timeouts=np.concatenate([e.truncations for e in episodes]).astype(np.float32),
+        action_space=d3rlpy.ActionSpace.DISCRETE,
+    )
+
+
+def play_d3rlpy(algo: d3rlpy.algos.DiscreteDecisionTransformer, target: float, episodes: int) -> list[float]:
+    env = gym.make(ENV)
+    actor = algo.as_stateful_wrapper(target_return=target)
+    returns = []
+    for i in range(episodes):
+        actor.reset()
+        obs, _ = env.reset(seed=EVAL_SEED + i)
+        reward, total, done = 0.0, 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(actor.predict(obs, reward)))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
+def summary(returns: list[float]) -> dict[str, float]:
+    return {"mean": round(float(np.mean(returns)), 1), "std": round(float(np.std(returns)), 1)}
+
+
+def quality(quick: bool = False) -> dict[str, object]:
+    episodes, steps, eval_episodes = (60, 100, 3) if quick else (300, 1000, 20)
+    model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
+    with tempfile.TemporaryDirectory() as tmp:
+        data = collect(
+            CollectConfig(env=ENV, out=Path(tmp) / "data", policy="mixed", episodes=episodes, seed=0)
+        )
+        dataset = load_dataset(data)
+        target = float(dataset.returns.max())
+        train(TrainConfig(data=(str(data),), out=Path(tmp) / "run", model=model, steps=steps), progress=False)
+        simulator = Simulator.load(Path(tmp) / "run")
+    env = gym.make(ENV)
+    ours = {
+        name: evaluate(make_agent(name, simulator, **options), env, eval_episodes, seed=EVAL_SEED).returns
+        for name, options in (("dt", {"target": target}), ("edt", {}))
+    }
+
+    d3rlpy.seed(0)
+    torch.manual_seed(0)
+    algo = d3rlpy.algos.DiscreteDecisionTransformerConfig(
+        batch_size=64,
+        context_size=model.context_len,
+        max_timestep=int(max(len(e) for e in dataset.episodes)) + 1,
+        num_heads=model.n_head,
+        num_layers=model.n_layer,
+        encoder_factory=d3rlpy.models.VectorEncoderFactory(
+            hidden_units=[model.n_embd], exclude_last_activation=True
+        ),
+    ).create(device="cpu:0")
+    algo.fit(
+        d3rlpy_dataset(dataset.episodes),
+        n_steps=steps,
+        n_steps_per_epoch=steps,
+        show_progress=False,
+        save_interval=steps + 1,
+        logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
+    )
+    theirs = play_d3rlpy(algo, target, eval_episodes)
+    return {
+        "env": ENV,
+        "data": {
+            "episodes": len(dataset.episodes),
+            "mean_return": round(float(dataset.returns.mean()), 1),
+            "max_return": target,
+        },
+        "updates": steps,
+        "batch": 64,
+        "eval_episodes": eval_episodes,
+        "returns": {
+            "simagents_dt": summary(ours["dt"]),
+            "simagents_edt": summary(ours["edt"]),
+            "d3rlpy_dt": summary(theirs),
+        },
+    }
