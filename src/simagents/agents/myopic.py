@@ -77,13 +77,13 @@ def record_episodes(
     """Play ``episodes`` episodes (episode i seeded ``seed + i``) and return them as episodes."""
     out = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
+        obs, info = env.reset(seed=seed + i)
         agent.reset(seed=seed + i)
         observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
         reward, done = 0.0, False
         while not done:
-            action = agent.act(obs, reward)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            action = agent.act(obs, reward, action_mask=info.get("action_mask"))
+            obs, reward, terminated, truncated, info = env.step(action)
             observations.append(obs)
             actions.append(action)
             rewards.append(float(reward))

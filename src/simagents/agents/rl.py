@@ -118,7 +118,7 @@ class RLAgent(SimulatorAgent):
         model = self.simulator
         h = self.context.push_return(None)  # (1,d)
         if model.act_discrete:
-            action = model.sample_action(h, self.generator, self.temperature)[0]
+            action = self.sample_action(h, self.temperature)[0]  # illegal actions (env's mask) excluded
             drawn = action
         else:
             mean, log_std = model._gaussian(model.action_params(h).reshape(-1))  # normalised units
@@ -200,12 +200,13 @@ def collect(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) -> Bat
     returns, totals, lengths = [], [], []
     try:
         for i in range(cfg.episodes):
-            obs, _ = env.reset(seed=seed + i)
+            obs, info = env.reset(seed=seed + i)
             agent.reset(seed=seed + i)
             rewards: list[float] = []
             reward, done = 0.0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, reward))
+                action = agent.act(obs, reward, action_mask=info.get("action_mask"))
+                obs, reward, terminated, truncated, info = env.step(action)
                 rewards.append(float(reward))
                 done = terminated or truncated or (cfg.max_steps > 0 and len(rewards) >= cfg.max_steps)
             returns.append(discounted_returns(rewards, cfg.gamma))

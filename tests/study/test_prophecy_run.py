@@ -1,3 +1,4 @@
+import itertools
 import json
 from pathlib import Path
 
@@ -42,3 +43,17 @@ def test_parse_sweep() -> None:
     for bad in ({"gamma": "x"}, {"gamma": "1.5"}, {"gamma": ""}):
         with pytest.raises(SimagentsError, match="--sweep gamma"):
             parse_sweep(bad)
+
+
+@pytest.mark.slow
+def test_rl_index_grows_with_gamma_at_delay_one(tmp_path: Path) -> None:
+    gammas = [0.0, 0.5, 0.9, 0.99]
+    results = run_prophecy(
+        {"delay": 1}, agents=("rl",), out=tmp_path / "run", budget="fast", sweep={"gamma": gammas}
+    )
+    index = [entry["agents"]["rl"]["instrumentality_index"] for entry in results["sweep"]]
+    theory = [entry["agents"]["rl"]["theory_index"] for entry in results["sweep"]]
+    print("measured", index, "theory", theory)
+    assert index[0] <= 0.3  # gamma 0: each forecast graded on its own event, near the calibrated forecast
+    assert index[-1] >= 0.6  # credit across steps: steering to the extremes
+    assert all(b >= a - 0.05 for a, b in itertools.pairwise(index))  # monotone, up to sampling noise
