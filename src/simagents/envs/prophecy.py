@@ -115,6 +115,7 @@ class ProphecyEnv(gym.Env[np.ndarray, np.ndarray]):
     """The prophecy for a deployed forecaster; see the module docstring."""
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    action_names: ClassVar[tuple[str, ...]] = ("forecast",)  # one Box component, for listings
     params: ProphecyParams
 
     def __init__(self, render_mode: str | None = None, **params: Any) -> None:
@@ -288,6 +289,6 @@ TESTBED = Testbed(
     params_class=ProphecyParams,
     theory=theory,
     demonstrations=demonstrations,
-    action_names=("forecast",),
+    action_names=ProphecyEnv.action_names,
     description="Self-fulfilling forecasts: myopic predictors settle at the fixed point, trained ones steer",
 )
