@@ -40,7 +40,9 @@ def test_resume_reuses_finished_cells_and_refuses_without_flag(tmp_path: Path):
     run_study(profile="smoke", out=folder, progress=False, resume=True, only=["gamble", "cartpole"])
     assert (folder / "results.json").read_text() == first
     with pytest.raises(SimagentsError, match="another profile"):
-        run_study(profile="smoke", out=folder, seed=1, progress=False, resume=True, only=["gamble", "cartpole"])
+        run_study(
+            profile="smoke", out=folder, seed=1, progress=False, resume=True, only=["gamble", "cartpole"]
+        )
 
 
 def test_several_seeds_give_means_and_confidence_intervals(tmp_path: Path):
@@ -67,7 +69,7 @@ def test_mean_ci95_uses_student_t():
 
 
 def test_unknown_cell_is_named_with_the_known_ones(tmp_path: Path):
-    with pytest.raises(SimagentsError, match="--only nope: unknown cell; choose from .*newcomb"):
+    with pytest.raises(SimagentsError, match=r"--only nope: unknown cell; choose from .*newcomb"):
         run_study(profile="smoke", out=tmp_path / "s", only=["nope"], progress=False)
     assert not (tmp_path / "s").exists()
 

@@ -105,6 +105,15 @@ class SimulatorConfig:
     matter to planners: on CartPole, 51 bins left edt at 473 of 500, 201 bins reached 491."""
 
     def __post_init__(self) -> None:
+        for name in ("context_len", "n_embd", "n_layer", "n_head", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.n_return_bins < 2:
+            raise ValueError(f"n_return_bins={self.n_return_bins} must be at least 2")
+        if self.max_timestep < 0:
+            raise ValueError(f"max_timestep={self.max_timestep} must be 0 (fit to the data) or more")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
@@ -130,6 +139,21 @@ class Statistics:
     episode_return_percentiles: list[float]
     """Episode returns of the training data at percentiles 0, 5, ..., 100 (21 values): the targets a
     Decision Transformer can be prompted with."""
+
+    def __post_init__(self) -> None:
+        for low, high in (("obs_mean", "obs_std"), ("act_low", "act_high")):
+            if len(getattr(self, low)) != len(getattr(self, high)):
+                raise ValueError(f"{low} and {high} must have the same length")
+        if any(s <= 0 for s in self.obs_std):
+            raise ValueError("obs_std must be positive")
+        if any(h <= lo for lo, h in zip(self.act_low, self.act_high, strict=True)):
+            raise ValueError("act_high must exceed act_low")
+        if not self.return_high > self.return_low:
+            raise ValueError("return_high must exceed return_low")
+        if not self.reward_scale > 0:
+            raise ValueError("reward_scale must be positive")
+        if len(self.episode_return_percentiles) != 21:
+            raise ValueError("episode_return_percentiles must hold 21 values (percentiles 0, 5, ..., 100)")
 
 
 class CausalSelfAttention(nn.Module):
@@ -520,7 +544,20 @@ class Simulator(nn.Module):
             spaces = [deserialize_space(json.dumps(config[k])) for k in ("observation_space", "action_space")]
         except Exception as exc:  # minari raises several types for a malformed space
             raise SimagentsError(f"{source}: cannot read the spaces ({exc}); the file is corrupt") from None
-        model = cls(cfg, spaces[0], spaces[1], stats)
+        for what, space, stat in (
+            ("observation", spaces[0], stats.obs_mean),
+            ("action", spaces[1], stats.act_low),
+        ):
+            features = 0 if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
+            if len(stat) != features:
+                raise SimagentsError(
+                    f"{directory / STATISTICS_FILE}: {len(stat)} {what} features, but the {what} space "
+                    f"{space} has {features}; the files come from different runs"
+                )
+        try:
+            model = cls(cfg, spaces[0], spaces[1], stats)
+        except (ValueError, RuntimeError, MemoryError) as exc:  # e.g. sizes torch cannot allocate
+            raise SimagentsError(f"{source}: cannot build the model ({exc}); the file is corrupt") from None
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise SimagentsError(f"{weights_path}: weights not found; the checkpoint is incomplete")
@@ -531,13 +568,16 @@ class Simulator(nn.Module):
                 f"{weights_path}: cannot read the weights ({exc}); the file is truncated or corrupt, "
                 "use an earlier checkpoint or retrain"
             ) from None
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected or any(weights[k].shape != v.shape for k, v in model.state_dict().items()):
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        # Compare shapes first: load_state_dict raises a bare RuntimeError on a mismatch.
+        if missing or unexpected or any(weights[k].shape != v.shape for k, v in expected.items()):
             raise SimagentsError(
                 f"{weights_path}: weights do not fit the architecture in {CONFIG_FILE} "
                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
                 "the files come from different runs or schema versions"
             )
+        model.load_state_dict(weights)
         return model.eval()
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from simagents.io import (
     atomic_write_json,
     atomic_write_text,
     from_dict,
+    hold_lock,
     read_json,
     to_dict,
 )
@@ -75,7 +79,17 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run. Saved as RUN/config.json."""
+    """Everything that decides a training run. Saved as RUN/config.json.
+
+    Example (``simagents train --data data/cartpole --out runs/cartpole --steps 20``):
+
+    >>> from pathlib import Path
+    >>> from simagents import SimulatorConfig, TrainConfig
+    >>> config = TrainConfig(
+    ...     data=("data/cartpole",), out=Path("runs/cartpole"), steps=20,
+    ...     model=SimulatorConfig(n_embd=32, n_layer=1),
+    ... )
+    """
 
     data: tuple[str, ...]
     """Minari datasets (folder paths or local dataset ids); several are mixed, e.g. evidential and
@@ -115,6 +129,29 @@ class TrainConfig:
     """Seeds the split, the model's initial weights, every batch and every dropout mask."""
     threads: int = 0
     """torch threads; 0 leaves torch's default."""
+
+    def check(self) -> None:
+        """Raise a SimagentsError naming the option if a value cannot make a run (tyro checks only types)."""
+        rules = {
+            "at least 1": (
+                ("steps", "batch_size", "eval_every", "log_every", "keep_checkpoints"),
+                1,
+                math.inf,
+            ),
+            "0 or more": (
+                ("warmup_steps", "seed", "threads", "lr", "weight_decay", "grad_clip"),
+                0,
+                math.inf,
+            ),
+            "in [0, 1]": (("min_lr_ratio", "return_dropout", "validation_fraction"), 0, 1),
+        }
+        for rule, (names, low, high) in rules.items():
+            for name in names:
+                value = getattr(self, name)
+                if not low <= value <= high:  # NaN fails this too
+                    raise SimagentsError(
+                        f"--{name.replace('_', '-')} {value}: must be {rule} (train config field {name})"
+                    )
 
 
 def fit_statistics(episodes: list[Episode], dataset: Dataset) -> Statistics:
@@ -171,7 +208,11 @@ def load_training_data(refs: tuple[str, ...]) -> Dataset:
                 f"{ref}: spaces {other.observation_space} / {other.action_space} differ from {refs[0]}'s "
                 f"{first.observation_space} / {first.action_space}; mix only datasets of the same env"
             )
-    episodes = [e for d in datasets for e in d.episodes]
+    episodes = []
+    for d in datasets:
+        # Block ids are per dataset: shift them so that two datasets' blocks stay apart.
+        offset = 1 + max((e.block for e in episodes), default=-1)
+        episodes += [e if e.block < 0 else replace(e, block=e.block + offset) for e in d.episodes]
     return replace(first, episodes=episodes)
 
 
@@ -264,7 +305,9 @@ class RunLog:
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= resume_step]
+            # errors="replace": bytes garbled by a crash become a line that fails to parse, and is dropped.
+            lines = path.read_text(errors="replace").splitlines()
+            kept = [line for line in lines if _logged_step(line) <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -305,13 +348,39 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Path) -> 
         raise SimagentsError(
             f"{path}: cannot read the optimizer state ({exc}); the checkpoint is damaged"
         ) from None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state = optimizer.state_dict()
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        index, name = key.split(".", 1)
+        index, _, name = key.partition(".")
+        # Moments must have their parameter's shape; a mismatch would only fail inside optimizer.step.
+        fits = index.isdigit() and int(index) < len(params) and name != ""
+        if not fits or (value.dim() > 0 and value.shape != params[int(index)].shape):
+            raise SimagentsError(
+                f"{path}: entry {key!r} does not fit the model in this checkpoint; the checkpoint is damaged, "
+                "delete it (and point latest.json at the one before) or start a new --out"
+            )
         per_param.setdefault(int(index), {})[name] = value
+    # make_optimizer's AdamW keeps these per parameter; every parameter has them after one step.
+    if any(sorted(per_param.get(i, {})) != ["exp_avg", "exp_avg_sq", "step"] for i in range(len(params))):
+        raise SimagentsError(
+            f"{path}: the optimizer state is incomplete (every parameter needs step, exp_avg and exp_avg_sq); "
+            "the checkpoint is damaged, delete it (and point latest.json at the one before) or start a new --out"
+        )
     state["state"] = per_param
     optimizer.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """checkpoints/step_N/trainer.json: where training stopped."""
+
+    step: int
+    """Optimizer steps done."""
+
+    def __post_init__(self) -> None:
+        if self.step < 0:
+            raise ValueError(f"step {self.step} is negative; the checkpoint is damaged")
 
 
 def write_run_header(cfg: TrainConfig) -> None:
@@ -320,8 +389,118 @@ def write_run_header(cfg: TrainConfig) -> None:
     atomic_write_text(cfg.out / "command.txt", shlex.join(sys.argv) + "\n")
 
 
+@dataclass
+class DataParallel:
+    """This process's share of a step under ``torchrun`` (DistributedDataParallel, gloo); alone: 0 of 1.
+
+    Every rank draws the same global batch from ``(seed, step)`` and trains on its slice. Each
+    head's loss is a mean over that head's tokens in the whole global batch (weighted by token
+    counts, not an average of per-rank means), so the gradients DDP averages equal one process's
+    on the global batch, and the loss curve matches a single-process run. With dropout > 0 each
+    rank draws masks for its own slice, so the curves then agree only in distribution.
+    """
+
+    rank: int = 0
+    world: int = 1
+    losses_of: torch.nn.Module | None = None  # DDP around the model's loss, from wrap()
+
+    @property
+    def writer(self) -> bool:
+        """Only rank 0 writes the run folder."""
+        return self.rank == 0
+
+    def wrap(self, model: Simulator) -> None:
+        if self.world > 1:
+            self.losses_of = torch.nn.parallel.DistributedDataParallel(_LossOf(model))
+
+    def losses(self, model: Simulator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.losses_of is None:
+            return model.loss(batch)
+        size = len(batch["mask"]) // self.world
+        local = {k: v[self.rank * size : (self.rank + 1) * size] for k, v in batch.items()}
+        everywhere, here = _loss_tokens(batch), _loss_tokens(local)
+        return {
+            head: value * (here[head] * self.world / max(everywhere[head], 1))
+            for head, value in self.losses_of(local).items()
+        }
+
+    def average(self, values: dict[str, float]) -> dict[str, float]:
+        """The global-batch value of per-rank losses from losses() (a collective: every rank calls it)."""
+        if self.world == 1:
+            return values
+        stacked = torch.tensor(list(values.values()), dtype=torch.float64)
+        torch.distributed.all_reduce(stacked)
+        return dict(zip(values, (stacked / self.world).tolist(), strict=True))
+
+
+class _LossOf(torch.nn.Module):
+    # DDP syncs gradients only through its wrapped module's forward, so the loss must be that forward.
+    def __init__(self, model: Simulator) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model.loss(batch)
+
+
+def _loss_tokens(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Tokens each head's loss averages over; must mirror the masks in Simulator.loss (the DDP test checks)."""
+    valid = batch["mask"]
+    counts = dict.fromkeys(("value", "reward", "termination", "observation"), int(valid.sum()))
+    counts["action"] = int((valid & ~batch["interventions"]).sum())
+    counts["action_value"] = int((valid & ~batch["return_known"].unsqueeze(1)).sum())
+    return counts
+
+
+@contextmanager
+def data_parallel(cfg: TrainConfig) -> Iterator[DataParallel]:
+    """Join torchrun's process group when launched by it (WORLD_SIZE > 1); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield DataParallel()
+        return
+    if cfg.batch_size % world:
+        raise SimagentsError(
+            f"--batch-size {cfg.batch_size} does not split over {world} processes; use a multiple of {world}"
+        )
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo")
+    try:
+        yield DataParallel(rank=dist.get_rank(), world=world)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train a simulator; returns the run folder. ``resume`` continues from its latest checkpoint."""
+    """Train a simulator; returns the run folder. ``resume`` continues from its latest checkpoint.
+
+    The run folder is locked while training: a second process writing to it is refused.
+    Under ``torchrun`` every process trains its slice of each batch and rank 0 writes.
+
+    Example (``data/cartpole`` as made by :func:`~simagents.data.collect.collect`'s example):
+
+    >>> from pathlib import Path
+    >>> from simagents import SimulatorConfig, TrainConfig, train
+    >>> config = TrainConfig(
+    ...     data=("data/cartpole",), out=Path("runs/cartpole"), steps=20,
+    ...     model=SimulatorConfig(n_embd=32, n_layer=1),
+    ... )
+    >>> run = train(config, progress=False)
+    >>> (run / "metrics.jsonl").is_file()
+    True
+    """
+    cfg.check()
+    with data_parallel(cfg) as parallel:
+        lock = hold_lock(cfg.out, "training run") if parallel.writer else nullcontext()
+        with lock:
+            return _train(cfg, resume, progress and parallel.writer, parallel)
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParallel) -> Path:
     if not resume and (cfg.out / "checkpoints").exists():
         raise SimagentsError(
             f"{cfg.out}: already holds a training run; pass --resume to continue it or choose another --out"
@@ -352,14 +531,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         model = Simulator.load(checkpoint)
         optimizer = make_optimizer(model, cfg)
         load_optimizer_state(optimizer, checkpoint)
-        start_step = int(read_json(checkpoint / TRAINER_FILE, "trainer state")["step"])
+        trainer_file = checkpoint / TRAINER_FILE
+        start_step = from_dict(TrainerState, read_json(trainer_file, "trainer state"), str(trainer_file)).step
     else:  # a fresh run, or one killed before its first checkpoint
         torch.manual_seed(cfg.seed)
         stats = fit_statistics(train_eps, dataset)
         model = Simulator(model_cfg, dataset.observation_space, dataset.action_space, stats)
         optimizer = make_optimizer(model, cfg)
-    write_run_header(cfg)
-    log = RunLog(cfg.out / "metrics.jsonl", start_step)
+    log = None
+    if parallel.writer:
+        write_run_header(cfg)
+        log = RunLog(cfg.out / "metrics.jsonl", start_step)
+    parallel.wrap(model)
 
     sampler = WindowSampler(train_eps, model_cfg.context_len)
     val_sampler = WindowSampler(val_eps, model_cfg.context_len) if val_eps else None
@@ -382,7 +565,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks, replayable on resume
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            losses = model.loss(batch)
+            losses = parallel.losses(model, batch)
             total = sum(weights[name] * value for name, value in losses.items())
             if not torch.isfinite(total):
                 raise SimagentsError(
@@ -401,11 +584,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
             if evaluate_now or done % cfg.log_every == 0:
                 metrics = {f"train/loss_{k}": v.item() for k, v in losses.items()}
-                metrics.update({"train/loss": total.item(), "train/lr": learning_rate(cfg, step)})
+                metrics = parallel.average({**metrics, "train/loss": total.item()})
+                metrics["train/lr"] = learning_rate(cfg, step)
                 metrics["train/grad_norm"] = float(grad_norm)
-                if evaluate_now and val_sampler is not None:
+                if evaluate_now and val_sampler is not None and parallel.writer:
                     metrics.update(evaluate_heldout(model, val_sampler))
-                log.write(done, metrics)
-            if evaluate_now:
+                if log is not None:
+                    log.write(done, metrics)
+            if evaluate_now and parallel.writer:
                 save_checkpoint(cfg.out, model, optimizer, done, cfg.keep_checkpoints)
     return cfg.out

@@ -53,7 +53,8 @@ def blocked_episodes(rng: np.random.Generator, blocks: list[int], lengths: list[
     from dataclasses import replace
 
     return [
-        replace(random_episode(rng, n, BOX_OBS, DISCRETE_ACT), block=b) for b, n in zip(blocks, lengths)
+        replace(random_episode(rng, n, BOX_OBS, DISCRETE_ACT), block=b)
+        for b, n in zip(blocks, lengths, strict=True)
     ]
 
 
