@@ -147,3 +147,21 @@ def test_valid_edge_values_are_accepted(tiny_data: Path, tmp_path: Path) -> None
     cfg.check()
     train(cfg, progress=False)
     assert (tmp_path / "run" / "checkpoints" / "step_00000001").is_dir()
+
+
+def test_a_second_study_or_testbed_run_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    from simagents.study.run import run_study
+    from simagents.study.testbed import run_testbed
+
+    for out, start in (
+        (
+            tmp_path / "study",
+            lambda out: run_study(profile="smoke", out=out, only=["gamble"], progress=False),
+        ),
+        (tmp_path / "testbed", lambda out: run_testbed("gamble", out=out, budget="smoke")),
+    ):
+        with held_elsewhere(out):
+            with pytest.raises(SimagentsError, match=rf"{out.name}: another process \(pid \d+\) is writing"):
+                start(out)
+            # Refused before anything was written: only the holder's lock file is there.
+            assert [p.name for p in out.iterdir()] == [LOCK_NAME]

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from simagents.data.episodes import Episode, episode_from_arrays, space_shape
-from simagents.data.minari_io import check_can_write, register_simagents_envs, save_dataset
+from simagents.data.minari_io import check_can_write, dataset_lock, register_simagents_envs, save_dataset
 from simagents.data.policies import make_policy, parse_population
 from simagents.errors import SimagentsError
 
@@ -166,19 +166,21 @@ def collect(cfg: CollectConfig) -> Path:
     >>> collect(CollectConfig(env="CartPole-v1", out=Path("data/cartpole"), episodes=20)).name
     'cartpole'
     """
-    out = check_can_write(cfg.out)  # fail before spending time on collection
-    episodes = collect_episodes(cfg)
-    env = make_env(cfg.env, cfg.env_kwargs)
-    try:
-        observation_space, action_space = env.observation_space, env.action_space
-    finally:
-        env.close()
-    return save_dataset(
-        episodes,
-        out,
-        observation_space=observation_space,
-        action_space=action_space,
-        env_id=cfg.env,
-        env_kwargs=cfg.env_kwargs,
-        algorithm_name=f"simagents collect --policy {cfg.policy} --seed {cfg.seed}",
-    )
+    # Locked from the start: a second collection to the same --out is refused before it runs.
+    with dataset_lock(cfg.out):
+        out = check_can_write(cfg.out)  # fail before spending time on collection
+        episodes = collect_episodes(cfg)
+        env = make_env(cfg.env, cfg.env_kwargs)
+        try:
+            observation_space, action_space = env.observation_space, env.action_space
+        finally:
+            env.close()
+        return save_dataset(
+            episodes,
+            out,
+            observation_space=observation_space,
+            action_space=action_space,
+            env_id=cfg.env,
+            env_kwargs=cfg.env_kwargs,
+            algorithm_name=f"simagents collect --policy {cfg.policy} --seed {cfg.seed}",
+        )

@@ -31,7 +31,7 @@ from simagents.data.collect import CollectConfig, collect, make_env
 from simagents.data.minari_io import load_dataset
 from simagents.envs import get_testbed
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, read_json, to_dict
+from simagents.io import LOCK_NAME, atomic_write_json, atomic_write_text, hold_lock, read_json, to_dict
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.report import write_report
 from simagents.study.testbed import run_testbed
@@ -290,8 +290,21 @@ def run_study(
     names = select_cells(only)
     seed_list = [seed + i for i in range(n_seeds)]
     folder = out or Path("runs") / f"{dt.date.today().isoformat()}-{profile}"
+    with hold_lock(folder, "study"):
+        return _run_study(folder, profile, budget, seed_list, names, progress, resume)
+
+
+def _run_study(
+    folder: Path,
+    profile: str,
+    budget: Profile,
+    seed_list: list[int],
+    names: list[str],
+    progress: bool,
+    resume: bool,
+) -> Path:
     config = {"profile": profile, "seeds": seed_list, "cells": names, "budget": to_dict(budget)}
-    if folder.exists() and any(folder.iterdir()):
+    if any(p.name != LOCK_NAME for p in folder.iterdir()):
         if not resume:
             raise SimagentsError(
                 f"{folder}: already exists; pass --resume to finish that study or choose another --out"

@@ -40,7 +40,7 @@ from simagents.agents import AGENTS, Agent, evaluate, make_agent
 from simagents.data.minari_io import check_can_write, save_dataset
 from simagents.envs import Testbed, get_testbed
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, to_dict
+from simagents.io import atomic_write_json, atomic_write_text, hold_lock, to_dict
 from simagents.model import Context, Simulator, SimulatorConfig
 from simagents.train import TrainConfig, train
 
@@ -281,16 +281,17 @@ def run_testbed(
     theory = testbed.theory(**full_params)
     threads = torch.get_num_threads()
     existed = folder.exists()
-    try:
-        return _run(testbed, full_params, theory, agents, seed, folder, budget, progress)
-    except BaseException:
-        # Nothing half-written: the folder was absent or empty before (check_can_write).
-        shutil.rmtree(folder, ignore_errors=True)
-        if existed:
-            folder.mkdir(parents=True, exist_ok=True)
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    with hold_lock(folder, "testbed run"):
+        try:
+            return _run(testbed, full_params, theory, agents, seed, folder, budget, progress)
+        except BaseException:
+            # Nothing half-written: the folder was absent or empty before (check_can_write).
+            shutil.rmtree(folder, ignore_errors=True)
+            if existed:
+                folder.mkdir(parents=True, exist_ok=True)
+            raise
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _run(
