@@ -175,6 +175,9 @@ class CausalSelfAttention(nn.Module):
             if cache is not None:
                 cache.write(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif not commit and n == 1 and cache.k.shape[1] == 1:  # candidates, one token each
+            past_k, past_v = cache.read(layer, cache.length)
+            y = shared_prefix_attention(q, k, v, past_k[0], past_v[0])
         else:
             if commit:
                 cache.write(layer, k, v)
@@ -210,6 +213,21 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), cache, layer, commit)
         y = self.mlp(self.ln2(x))
         return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
+
+
+def shared_prefix_attention(q: Tensor, k: Tensor, v: Tensor, past_k: Tensor, past_v: Tensor) -> Tensor:
+    """Attention of B one-token queries (B,H,1,hd), each with its own key and value, to one shared
+    prefix (H,L,hd) -> (B,H,1,hd).
+
+    Equal to attending over [prefix, own token] for each row, without copying the prefix B times:
+    the B queries are the rows of one (H,B,hd) x (H,hd,L) product."""
+    scale = q.shape[-1] ** -0.5
+    rows = q[:, :, 0].transpose(0, 1)  # (H,B,hd)
+    prefix = torch.bmm(rows, past_k.transpose(1, 2)) * scale  # (H,B,L)
+    own = (q * k).sum(-1)[:, :, 0].transpose(0, 1).unsqueeze(-1) * scale  # (H,B,1)
+    weights = torch.cat([prefix, own], dim=-1).softmax(-1)
+    y = torch.bmm(weights[..., :-1], past_v) + weights[..., -1:] * v[:, :, 0].transpose(0, 1)  # (H,B,hd)
+    return y.transpose(0, 1).unsqueeze(2)
 
 
 _CAUSAL_MASKS: dict[tuple[int, str], Tensor] = {}
