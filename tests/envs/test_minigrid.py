@@ -63,16 +63,16 @@ def test_expert_solves_every_layout(size: int) -> None:
     limit = env.unwrapped.minigrid.max_steps
     for seed in range(20):
         total, steps, solved = run_policy(env, "doorkey-eps0.0", seed)
-        assert solved and steps < limit and total > 0.8, (size, seed, steps)
+        assert solved and steps < limit / 2 and total > 0, (size, seed, steps)
 
 
 def test_noise_lowers_the_return() -> None:
     env = make_env(ENV_ID)
     means = {
         name: np.mean([run_policy(env, name, seed)[0] for seed in range(12)])
-        for name in ("doorkey-eps0.0", "doorkey-eps0.8", "random")
+        for name in ("doorkey-eps0.0", "doorkey-eps0.6", "random")
     }
-    assert means["doorkey-eps0.0"] > means["doorkey-eps0.8"] > means["random"]
+    assert means["doorkey-eps0.0"] > means["doorkey-eps0.6"] > means["random"]
 
 
 def test_expert_replans_after_a_random_step() -> None:
