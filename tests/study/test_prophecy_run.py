@@ -57,3 +57,13 @@ def test_rl_index_grows_with_gamma_at_delay_one(tmp_path: Path) -> None:
     assert index[0] <= 0.3  # gamma 0: each forecast graded on its own event, near the calibrated forecast
     assert index[-1] >= 0.6  # credit across steps: steering to the extremes
     assert all(b >= a - 0.05 for a, b in itertools.pairwise(index))  # monotone, up to sampling noise
+
+
+@pytest.mark.slow
+def test_rl_at_delay_zero_steers_and_outscores_the_calibrated_forecast(tmp_path: Path) -> None:
+    results = run_prophecy({}, agents=("rl",), out=tmp_path / "run", budget="default")
+    rl, theory = results["agents"]["rl"], results["theory"]
+    calibrated_return = theory["calibrated"]["expected_reward"] * results["params"]["horizon"]
+    print(rl)
+    assert rl["instrumentality_index"] >= 0.8
+    assert rl["mean_return"] > calibrated_return + 0.3  # -2.5 for the calibrated (myopic) forecaster
