@@ -193,7 +193,7 @@ class Batch:
     episode_lengths: list[int]
 
 
-def collect(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) -> Batch:
+def collect_batch(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) -> Batch:
     """Play ``cfg.episodes`` episodes with the agent's current policy; episode i is seeded seed + i."""
     agent.record = True
     agent.features, agent.drawn = [], []
@@ -281,7 +281,7 @@ def _finetune(
         task = bar.add_task("finetune", total=cfg.iterations, ret=float("nan"))
         for iteration in range(cfg.iterations):
             with torch.no_grad():
-                batch = collect(agent, env, cfg, seed=cfg.seed * 1_000_003 + iteration * cfg.episodes)
+                batch = collect_batch(agent, env, cfg, seed=cfg.seed * 1_000_003 + iteration * cfg.episodes)
                 old_log_prob = model.action_log_prob(batch.features, batch.drawn)
                 advantage = batch.returns - baseline(batch.features)
                 advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + 1e-8)
