@@ -15,6 +15,9 @@ A training step is a real forward, backward and AdamW step on windows cut by our
 from the same synthetic episodes. Other programs share this machine's cores, so absolute numbers
 drift from minute to minute: every comparison alternates ours and HF's repeats in one process
 (after warm-up) and reports medians, and the JSON records the load average around the run.
+On a machine shared with other jobs use ``--threads 1`` (``make bench BENCH_ARGS="--threads 1"``):
+with every core taken, a multi-threaded step waits at each parallel region for a descheduled thread
+and runs 20-50x slower than alone, for both models, which measures the scheduler, not the models.
 
 Our model writes 4 tokens per timestep (o, R, a, r), HF's 3 (R, s, a): ``train_tokens_per_s``
 counts each model's own tokens, as the issue asks; ``train_window_speedup`` is the ratio of
