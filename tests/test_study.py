@@ -22,7 +22,7 @@ def test_smoke_study_writes_a_self_describing_folder(tmp_path: Path):
     assert newcomb["theory"]["cdt"]["choice"] == "two_box"
     assert [p["target"] for p in newcomb["dt_calibration"]] == ["q10", "q50", "q90", "max"]
     report = (folder / "report.md").read_text()
-    assert "## Headline" in report and "| *theory: EDT* | one_box |" in report
+    assert "## Headline" in report and "| theory: EDT | one_box |" in report
     assert "CartPole-v1" in report and "figures/cartpole_returns.png" in report
     html = (folder / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html

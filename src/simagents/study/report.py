@@ -188,7 +188,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
                 row.append(f"gap {theory_gap(r['theory'], belief):+.2f}")
             else:
                 row.append(entry["choice"])
-        lines.append(f"| *theory: {belief.upper()}* | " + " | ".join(row) + " |")
+        lines.append(f"| theory: {belief.upper()} | " + " | ".join(row) + " |")
     for agent in agents:
         lines.append(f"| {agent} | " + " | ".join(headline_cell(r, agent) for r in testbeds.values()) + " |")
     return lines
