@@ -49,6 +49,9 @@ class WindowSampler:
         self.interventions = flat("interventions")
         self.returns_to_go = np.concatenate([e.returns_to_go() for e in episodes])
         self.units = _sampling_units(np.array([e.block for e in episodes], dtype=np.int64))
+        if self.units is not None:  # units are drawn in proportion to their steps
+            unit_steps = np.where(self.units >= 0, self.lengths[self.units], 0).sum(axis=1)
+            self.unit_p = unit_steps / unit_steps.sum()
 
     @property
     def n_steps(self) -> int:
@@ -65,9 +68,8 @@ class WindowSampler:
             start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
             return self.windows(episode, start)
         members = self.units  # (U, S) episode indices, -1 pads smaller units
-        steps = np.where(members >= 0, self.lengths[members], 0).sum(axis=1)
         # Every unit holds at least one episode, so batch_size units always fill the batch.
-        unit = rng.choice(len(members), size=batch_size, p=steps / steps.sum())
+        unit = rng.choice(len(members), size=batch_size, p=self.unit_p)
         unit_start = (rng.random(batch_size) * self.lengths[members[unit, 0]]).astype(np.int64)
         episode = members[unit].reshape(-1)
         start = np.repeat(unit_start, members.shape[1])
