@@ -34,6 +34,16 @@ independently of hidden state). Counterfactual teaching trains on flagged
 actions without an action loss; an evidential planner reads action values with
 the flag off, a causal one with it on.
 
+*Labels* (optional, ``SimulatorConfig.condition_on_label``): every token of an episode
+also gets the embedding of the episode's behaviour-policy label (``Episode.policy``,
+e.g. which player played), or of the learned *unknown label*. The labels seen in the
+training data are listed in :class:`Statistics`; the trainer replaces a window's label
+by the unknown one with probability ``label_dropout`` (like return dropout), so one
+simulator serves both unconditioned imitation (whoever the history suggests is playing)
+and imitation of a named player. The label is added to each token, like the timestep,
+rather than prepended as a token of its own: no position is spent on it, and the KV
+cache and its refills need no special case for a token that must never leave the window.
+
 Normalisation (observation mean/std, action bounds, return range, reward
 scale) is fitted on the data, kept in :class:`Statistics` (JSON) and applied
 inside the model, so callers pass raw environment values.
@@ -50,8 +60,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -103,6 +114,10 @@ class SimulatorConfig:
     n_return_bins: int = 201
     """Bins of the categorical return distribution, spread over the data's return range. Fine bins
     matter to planners: on CartPole, 51 bins left edt at 473 of 500, 201 bins reached 491."""
+    condition_on_label: bool = False
+    """Add an embedding of the episode's behaviour-policy label (one per label in the training
+    data, plus a learned *unknown label*) to every token, so that agents can ask the simulator
+    to play like a named policy (``make_agent("imitation", simulator, label=...)``)."""
 
     def __post_init__(self) -> None:
         for name in ("context_len", "n_embd", "n_layer", "n_head", "mlp_ratio"):
@@ -139,6 +154,9 @@ class Statistics:
     episode_return_percentiles: list[float]
     """Episode returns of the training data at percentiles 0, 5, ..., 100 (21 values): the targets a
     Decision Transformer can be prompted with."""
+    labels: list[str] = field(default_factory=list)
+    """The behaviour-policy labels (``Episode.policy``) of the training episodes, sorted; label
+    ``labels[i]`` has index ``i + 1`` in the label embedding, index 0 is the unknown label."""
 
     def __post_init__(self) -> None:
         for low, high in (("obs_mean", "obs_std"), ("act_low", "act_high")):
@@ -154,6 +172,8 @@ class Statistics:
             raise ValueError("reward_scale must be positive")
         if len(self.episode_return_percentiles) != 21:
             raise ValueError("episode_return_percentiles must hold 21 values (percentiles 0, 5, ..., 100)")
+        if len(set(self.labels)) != len(self.labels) or not all(self.labels):
+            raise ValueError("labels must be distinct non-empty names")
 
 
 class CausalSelfAttention(nn.Module):
@@ -272,8 +292,19 @@ class Simulator(nn.Module):
     (Discrete(2), torch.Size([201]))
     """
 
+    # Buffers registered in __init__; declared so that they read as Tensor, not Tensor | Module.
+    obs_mean: Tensor
+    obs_std: Tensor
+    act_low: Tensor
+    act_high: Tensor
+    return_bins: Tensor
+
     def __init__(
-        self, cfg: SimulatorConfig, observation_space: gym.Space, action_space: gym.Space, stats: Statistics
+        self,
+        cfg: SimulatorConfig,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        stats: Statistics,
     ) -> None:
         super().__init__()
         if cfg.max_timestep < 1:
@@ -295,6 +326,8 @@ class Simulator(nn.Module):
         self.reward_embed = nn.Linear(1, d)
         self.intervention_embed = nn.Embedding(2, d)
         self.time_embed = nn.Embedding(cfg.max_timestep, d)
+        # (labels + 1, d), row 0 the unknown label; None without label conditioning
+        self.label_embed = nn.Embedding(len(stats.labels) + 1, d) if cfg.condition_on_label else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
@@ -342,46 +375,85 @@ class Simulator(nn.Module):
 
     # ---- embeddings: shared by the training forward pass and incremental decoding ----------
 
-    def _time(self, timesteps: Tensor) -> Tensor:
-        return self.time_embed(timesteps.clamp(max=self.cfg.max_timestep - 1))
+    def _time(self, timesteps: Tensor, labels: Tensor | None = None) -> Tensor:
+        """timesteps (B,n); labels (B,) label indices or None (unknown) -> (B,n,d): what every token
+        of those timesteps adds to its content (the label's embedding too, with label conditioning)."""
+        x: Tensor = self.time_embed(timesteps.clamp(max=self.cfg.max_timestep - 1))
+        if self.label_embed is None:
+            return x
+        if labels is None:
+            return x + self.label_embed.weight[0]
+        label: Tensor = self.label_embed(labels)
+        return x + label.unsqueeze(1)
+
+    def label_index(self, label: str | None) -> int:
+        """Index of ``label`` in the label embedding; None is the unknown label (0).
+
+        Raises :class:`SimagentsError` for a label the training data did not have, or for any
+        label if the simulator was trained without label conditioning."""
+        if label is None:
+            return 0
+        if self.label_embed is None:
+            raise SimagentsError(
+                f"label {label!r}: this simulator was trained without label conditioning; "
+                "train it with --model.condition-on-label True to condition on a player's label"
+            )
+        if label not in self.stats.labels:
+            raise SimagentsError(
+                f"label {label!r} never occurs in this simulator's training data; "
+                f"its labels are: {', '.join(self.stats.labels) or 'none'}"
+            )
+        return self.stats.labels.index(label) + 1
 
     # Each token is its content plus its timestep's embedding. The content parts are apart so that
     # the four tokens of a timestep look the time embedding up once (forward, Context).
 
     def _observation_content(self, obs: Tensor) -> Tensor:
+        x: Tensor
         if self.obs_discrete:
-            return self.obs_embed(obs - self.obs_start)
-        return self.obs_embed(self.normalize_observation(obs))
+            x = self.obs_embed(obs - self.obs_start)
+        else:
+            x = self.obs_embed(self.normalize_observation(obs))
+        return x
 
     def _return_content(self, returns: Tensor, known: Tensor) -> Tensor:
         x = self.return_embed(self._scale_return(returns).unsqueeze(-1))
         return torch.where(known.unsqueeze(-1), x, self.unknown_return)
 
     def _action_content(self, actions: Tensor, interventions: Tensor) -> Tensor:
+        x: Tensor
         if self.act_discrete:
             x = self.act_embed(actions - self.act_start)
         else:
             x = self.act_embed(self.normalize_action(actions))
-        return x + self.intervention_embed(interventions.long())
+        intervention: Tensor = self.intervention_embed(interventions.long())
+        return x + intervention
 
     def _reward_content(self, rewards: Tensor) -> Tensor:
-        return self.reward_embed((rewards / self.stats.reward_scale).unsqueeze(-1))
+        x: Tensor = self.reward_embed((rewards / self.stats.reward_scale).unsqueeze(-1))
+        return x
 
-    def embed_observation(self, obs: Tensor, timesteps: Tensor) -> Tensor:
+    # ``labels`` (B,) label indices (label_index), None: the unknown label; ignored without labels.
+
+    def embed_observation(self, obs: Tensor, timesteps: Tensor, labels: Tensor | None = None) -> Tensor:
         """obs (B,n) long or (B,n,obs_dim); timesteps (B,n) -> (B,n,d)"""
-        return self._observation_content(obs) + self._time(timesteps)
+        return self._observation_content(obs) + self._time(timesteps, labels)
 
-    def embed_return(self, returns: Tensor, known: Tensor, timesteps: Tensor) -> Tensor:
+    def embed_return(
+        self, returns: Tensor, known: Tensor, timesteps: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
         """returns (B,n); known (B,n) bool, False writes the unknown-return token -> (B,n,d)"""
-        return self._return_content(returns, known) + self._time(timesteps)
+        return self._return_content(returns, known) + self._time(timesteps, labels)
 
-    def embed_action(self, actions: Tensor, interventions: Tensor, timesteps: Tensor) -> Tensor:
+    def embed_action(
+        self, actions: Tensor, interventions: Tensor, timesteps: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
         """actions (B,n) long or (B,n,act_dim); interventions (B,n) bool -> (B,n,d)"""
-        return self._action_content(actions, interventions) + self._time(timesteps)
+        return self._action_content(actions, interventions) + self._time(timesteps, labels)
 
-    def embed_reward(self, rewards: Tensor, timesteps: Tensor) -> Tensor:
+    def embed_reward(self, rewards: Tensor, timesteps: Tensor, labels: Tensor | None = None) -> Tensor:
         """rewards (B,n) -> (B,n,d)"""
-        return self._reward_content(rewards) + self._time(timesteps)
+        return self._reward_content(rewards) + self._time(timesteps, labels)
 
     def transform(self, x: Tensor, cache: KVCache | None = None, commit: bool = True) -> Tensor:
         """Token embeddings (B,n,d) -> final hidden states (B,n,d), optionally through a KV cache."""
@@ -391,12 +463,16 @@ class Simulator(nn.Module):
             x = block(x, cache, layer, commit)
         if cache is not None and commit:
             cache.length += x.shape[1]
-        return self.ln_f(x)
+        h: Tensor = self.ln_f(x)
+        return h
 
     # ---- training --------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Hidden states per token kind for a batch of windows, each (B,K,d)."""
+        """Hidden states per token kind for a batch of windows, each (B,K,d).
+
+        ``batch["label"]`` (B,) long, optional: each window's label index (0, the unknown label,
+        when absent); read only with label conditioning."""
         t = batch["timesteps"]  # (B,K)
         B, K = t.shape
         known = batch["return_known"].unsqueeze(1).expand(B, K)  # per window
@@ -408,7 +484,7 @@ class Simulator(nn.Module):
                 self._reward_content(batch["rewards"]),
             ],
             dim=2,
-        ) + self._time(t).unsqueeze(2)  # (B,K,4,d)
+        ) + self._time(t, batch.get("label")).unsqueeze(2)  # (B,K,4,d)
         h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1)).view(B, K, TOKENS_PER_STEP, -1)
         return {"obs": h[:, :, 0], "return": h[:, :, 1], "action": h[:, :, 2], "reward": h[:, :, 3]}
 
@@ -479,7 +555,8 @@ class Simulator(nn.Module):
 
     def action_params(self, h_return: Tensor) -> Tensor:
         """Hidden at R_t (...,d) -> logits (...,act_dim) or Gaussian [mean, log_std] (...,2*act_dim)."""
-        return self.action_head(h_return)
+        params: Tensor = self.action_head(h_return)
+        return params
 
     def action_log_prob(self, h_return: Tensor, actions: Tensor) -> Tensor:
         params = self.action_params(h_return)
@@ -516,7 +593,8 @@ class Simulator(nn.Module):
         return F.softmax(logits, -1) @ self.return_bins
 
     def predicted_reward(self, h_action: Tensor) -> Tensor:
-        return self.reward_head(h_action).squeeze(-1) * self.stats.reward_scale
+        reward: Tensor = self.reward_head(h_action)
+        return reward.squeeze(-1) * self.stats.reward_scale
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -619,8 +697,10 @@ class Context:
     held. Run under ``torch.no_grad()`` in eval mode.
     """
 
-    def __init__(self, model: Simulator) -> None:
+    def __init__(self, model: Simulator, label: str | None = None) -> None:
         self.model = model
+        # (1,) the episode's label index (None: unknown); SimagentsError for a label not in the data
+        self.label = torch.tensor([model.label_index(label)]) if label is not None else None
         self.max_tokens = TOKENS_PER_STEP * model.cfg.context_len
         self.cache = KVCache(model.cfg, batch=1, max_tokens=self.max_tokens)
         self.embeddings: list[Tensor] = []  # (1,1,d) per token in the cache, kept for refills
@@ -659,7 +739,7 @@ class Context:
     def time_token(self) -> Tensor:
         """The current timestep's embedding (1,1,d), looked up once for its four tokens."""
         if self._time_cache is None or self._time_cache[0] != self.timestep:
-            self._time_cache = (self.timestep, self.model._time(torch.tensor([[self.timestep]])))
+            self._time_cache = (self.timestep, self.model._time(torch.tensor([[self.timestep]]), self.label))
         return self._time_cache[1]
 
     def push_observation(self, obs: Tensor) -> None:
@@ -671,7 +751,7 @@ class Context:
     def push_return(self, target: float | None) -> Tensor:
         """Return-to-go token (None: unknown); returns the hidden state at R_t (1,d), the policy's input."""
         if target is None:  # the unknown token itself: what _return_content selects for known=False
-            content = self.model.unknown_return
+            content: Tensor = self.model.unknown_return
         else:
             content = self.model._return_content(torch.tensor([[float(target)]]), torch.tensor([[True]]))
         self.pending.append(content + self.time_token())
@@ -773,17 +853,18 @@ class Rollout:
     def predicted_observation(self, h_reward: Tensor) -> Tensor:
         """Hidden at r_t (B,d) -> the world model's next observation in env form: (B,) long (argmax)
         or (B,obs_dim) floats (the de-normalised mean)."""
-        out = self.model.next_obs_head(h_reward)
+        out: Tensor = self.model.next_obs_head(h_reward)
         if self.model.obs_discrete:
             return out.argmax(-1) + self.model.obs_start
         return out * self.model.obs_std + self.model.obs_mean
 
     def terminated(self, h_reward: Tensor) -> Tensor:
         """Hidden at r_t (B,d) -> (B,) bool: the termination head says P(done) > 0.5."""
-        return torch.sigmoid(self.model.termination_head(h_reward).squeeze(-1)) > 0.5
+        logit: Tensor = self.model.termination_head(h_reward)
+        return torch.sigmoid(logit.squeeze(-1)) > 0.5
 
 
-def token_size(space: gym.Space) -> tuple[bool, int]:
+def token_size(space: gym.Space[Any]) -> tuple[bool, int]:
     """(is_discrete, size): number of values for Discrete, flattened length for Box."""
     if isinstance(space, gym.spaces.Discrete):
         return True, int(space.n)
@@ -792,7 +873,7 @@ def token_size(space: gym.Space) -> tuple[bool, int]:
     raise ValueError(f"unsupported space {space}: use Discrete or Box")
 
 
-def as_model_input(value: object, space: gym.Space) -> Tensor:
+def as_model_input(value: object, space: gym.Space[Any]) -> Tensor:
     """An env observation or action -> what the model embeds: a long scalar or a flat float vector."""
     if isinstance(space, gym.spaces.Discrete):
         return torch.tensor(int(np.asarray(value)), dtype=torch.long)
