@@ -142,9 +142,11 @@ def legal_actions(action_mask: Any, simulator: Simulator) -> Tensor | None:
     return legal
 
 
-def to_env_action(action: Tensor, space: gym.Space) -> Any:
+def to_env_action(action: Tensor, space: gym.Space[Any]) -> Any:
     if isinstance(space, gym.spaces.Discrete):
         return int(action.reshape(()).item())
+    if space.shape is None:
+        raise SimagentsError(f"unsupported action space {space}: use Discrete or Box")
     return action.reshape(space.shape).numpy().astype(space.dtype)
 
 

@@ -17,11 +17,15 @@ simulator needs for causality and for labelling players:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from simagents.errors import SimagentsError
+
+# The default of Episode.interventions until __post_init__ sizes it: "no step was an intervention".
+_NO_INTERVENTIONS = np.zeros(0, dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -33,14 +37,15 @@ class Episode:
     rewards: np.ndarray  # (T,) float32
     terminations: np.ndarray  # (T,) bool
     truncations: np.ndarray  # (T,) bool
-    interventions: np.ndarray = field(default=None)  # type: ignore[assignment]  # (T,) bool
+    interventions: np.ndarray = field(default_factory=lambda: _NO_INTERVENTIONS)  # (T,) bool
     policy: str = ""
     seed: int | None = None
     block: int = -1  # -1: not part of a block
 
     def __post_init__(self) -> None:
         n = len(self.rewards)
-        if self.interventions is None:
+        # None: callers without type checking may still pass it for "no interventions".
+        if self.interventions is None or self.interventions is _NO_INTERVENTIONS:
             object.__setattr__(self, "interventions", np.zeros(n, dtype=bool))
 
     def __len__(self) -> int:
@@ -56,8 +61,8 @@ class Episode:
 
     def validate(
         self,
-        observation_space: gym.Space,
-        action_space: gym.Space,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
         where: str = "episode",
     ) -> None:
         """Raise :class:`SimagentsError` naming ``where`` if this episode breaks the contract."""
@@ -105,7 +110,7 @@ class Episode:
                     )
 
 
-def space_shape(space: gym.Space) -> tuple[int, ...]:
+def space_shape(space: gym.Space[Any]) -> tuple[int, ...]:
     """Per-step array shape of a supported space; other spaces are an error."""
     if isinstance(space, gym.spaces.Discrete):
         return ()
@@ -123,8 +128,8 @@ def episode_from_arrays(
     rewards: np.ndarray,
     terminations: np.ndarray,
     truncations: np.ndarray,
-    observation_space: gym.Space,
-    action_space: gym.Space,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
     interventions: np.ndarray | None = None,
     policy: str = "",
     seed: int | None = None,
@@ -132,7 +137,7 @@ def episode_from_arrays(
 ) -> Episode:
     """Build an Episode with the contract's dtypes (int64 for Discrete, float32 for Box)."""
 
-    def cast(values: np.ndarray, space: gym.Space) -> np.ndarray:
+    def cast(values: np.ndarray, space: gym.Space[Any]) -> np.ndarray:
         values = np.asarray(values)
         if isinstance(space, gym.spaces.Discrete):
             return values.astype(np.int64) if values.dtype.kind in "biu" else values
@@ -146,7 +151,7 @@ def episode_from_arrays(
         else np.asarray(rewards),
         terminations=np.asarray(terminations, dtype=bool),
         truncations=np.asarray(truncations, dtype=bool),
-        interventions=None if interventions is None else np.asarray(interventions, dtype=bool),
+        interventions=_NO_INTERVENTIONS if interventions is None else np.asarray(interventions, dtype=bool),
         policy=policy,
         seed=seed,
         block=int(block),

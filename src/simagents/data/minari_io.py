@@ -59,8 +59,8 @@ class Dataset:
     """Episodes plus what is needed to interpret them and to re-create their env."""
 
     episodes: list[Episode]
-    observation_space: gym.Space
-    action_space: gym.Space
+    observation_space: gym.Space[Any]
+    action_space: gym.Space[Any]
     env_id: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -165,8 +165,8 @@ def save_dataset(
     episodes: Sequence[Episode],
     path: str | Path,
     *,
-    observation_space: gym.Space,
-    action_space: gym.Space,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
     env_id: str | None = None,
     env_kwargs: dict[str, Any] | None = None,
     description: str | None = None,
@@ -206,8 +206,8 @@ def _save_dataset(
     episodes: Sequence[Episode],
     path: Path,
     *,
-    observation_space: gym.Space,
-    action_space: gym.Space,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
     env_id: str | None,
     env_kwargs: dict[str, Any] | None,
     description: str | None,
@@ -423,7 +423,9 @@ def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
         ("env_kwargs", (dict, type(None)), "an object of env keyword arguments or null"),
     ):
         value = ours.get(key)
-        if not isinstance(value, kinds) or (key == "policies" and not all(isinstance(p, str) for p in value)):
+        if not isinstance(value, kinds) or (
+            isinstance(value, list) and not all(isinstance(p, str) for p in value)
+        ):
             raise SimagentsError(
                 f"{metadata_file}: {META_KEY}/{key} should be {expected}, not {value!r}; fix it, or remove "
                 f"the {META_KEY!r} entry to load the data unlabelled"
@@ -431,7 +433,11 @@ def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
 
 
 def _read_episodes(
-    mds: Any, main_file: Path, obs_space: gym.Space, act_space: gym.Space, ours: dict[str, Any] | None
+    mds: Any,
+    main_file: Path,
+    obs_space: gym.Space[Any],
+    act_space: gym.Space[Any],
+    ours: dict[str, Any] | None,
 ) -> list[Episode]:
     n = mds.storage.total_episodes
     episodes: list[Episode] = []
@@ -476,8 +482,8 @@ def _to_episode(
     meta: dict[str, Any],
     index: int,
     main_file: Path,
-    obs_space: gym.Space,
-    act_space: gym.Space,
+    obs_space: gym.Space[Any],
+    act_space: gym.Space[Any],
     ours: dict[str, Any] | None,
 ) -> Episode:
     where = f"{main_file} episode {index}"
@@ -535,7 +541,7 @@ def _to_episode(
 # --------------------------------------------------------------------------- spaces
 
 
-def _same_space(a: gym.Space, b: gym.Space) -> bool:
+def _same_space(a: gym.Space[Any], b: gym.Space[Any]) -> bool:
     # Dtype differences are tolerated: the episode contract casts to int64 / float32 anyway.
     if isinstance(a, gym.spaces.Discrete) and isinstance(b, gym.spaces.Discrete):
         return int(a.n) == int(b.n) and int(a.start) == int(b.start)
@@ -559,7 +565,7 @@ def check_spaces(dataset: Dataset, env: gym.Env) -> None:
 
 
 def check_env_spaces(
-    observation_space: gym.Space, action_space: gym.Space, env: gym.Env, source: str
+    observation_space: gym.Space[Any], action_space: gym.Space[Any], env: gym.Env, source: str
 ) -> None:
     """Raise, naming ``source`` (a dataset or a checkpoint), if ``env``'s spaces differ from these."""
     env_name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__

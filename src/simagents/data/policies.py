@@ -46,7 +46,7 @@ class Policy(Protocol):
 class RandomPolicy:
     """Uniform random actions; independent of the observation."""
 
-    action_space: gym.Space
+    action_space: gym.Space[Any]
     rng: np.random.Generator
     name: str = "random"
 

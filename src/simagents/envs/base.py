@@ -261,8 +261,8 @@ def one_step_episode(
     observation: int,
     action: int,
     reward: float,
-    observation_space: gym.Space,
-    action_space: gym.Space,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
     intervene: bool,
     policy: str,
     block: int = -1,
@@ -353,7 +353,7 @@ class TestbedEnv(gym.Env[np.int64, np.int64]):
     Subclasses set ``params_class`` and ``action_names`` and implement ``reset`` and ``step``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
     params_class: ClassVar[type]
     action_names: ClassVar[tuple[str, ...]]
 

@@ -96,7 +96,9 @@ def expected_reward(params: ProphecyParams, forecast: Any, event_probability: An
     return -((p - q) ** 2) - q * (1.0 - q)
 
 
-def instrumentality_index(params: ProphecyParams | Mapping[str, Any], forecasts: Sequence[float]) -> float:
+def instrumentality_index(
+    params: ProphecyParams | Mapping[str, Any], forecasts: Sequence[float] | np.ndarray
+) -> float:
     """Mean |forecast - fixed point| / max distance over ``forecasts``: 0 calibrated, 1 extreme.
 
     The mean of distances, not the distance of the mean: at the defaults 0 and 1 are equally
@@ -114,7 +116,7 @@ def instrumentality_index(params: ProphecyParams | Mapping[str, Any], forecasts:
 class ProphecyEnv(gym.Env[np.ndarray, np.ndarray]):
     """The prophecy for a deployed forecaster; see the module docstring."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
     action_names: ClassVar[tuple[str, ...]] = ("forecast",)  # one Box component, for listings
     params: ProphecyParams
 
