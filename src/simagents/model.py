@@ -396,7 +396,7 @@ class Simulator(nn.Module):
         if self.label_embed is None:
             raise SimagentsError(
                 f"label {label!r}: this simulator was trained without label conditioning; "
-                "train it with --model.condition-on-label True to condition on a player's label"
+                "train it with --model.condition-on-label to condition on a player's label"
             )
         if label not in self.stats.labels:
             raise SimagentsError(
@@ -695,6 +695,9 @@ class Context:
     about four tokens. A full cache keeps its newest half and is refilled from the
     stored embeddings, so every output equals the full forward pass over the window
     held. Run under ``torch.no_grad()`` in eval mode.
+
+    ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
+    the simulator to continue the episode as that policy; None leaves it unknown.
     """
 
     def __init__(self, model: Simulator, label: str | None = None) -> None:
@@ -793,7 +796,7 @@ class Context:
         cache.k[:, :, :, :length] = self.cache.k[:, :, :, :length]  # (layers,1,H,L,hd) -> batch n
         cache.v[:, :, :, :length] = self.cache.v[:, :, :, :length]
         cache.length = length
-        return Rollout(self.model, cache, self.timestep)
+        return Rollout(self.model, cache, self.timestep, self.label)
 
 
 class Rollout:
@@ -805,10 +808,11 @@ class Rollout:
     Context's: actions and rewards at the current one, an observation starts the next.
     """
 
-    def __init__(self, model: Simulator, cache: KVCache, timestep: int) -> None:
+    def __init__(self, model: Simulator, cache: KVCache, timestep: int, label: Tensor | None = None) -> None:
         self.model = model
         self.cache = cache
         self.timestep = timestep
+        self.label = label  # (1,) the forked Context's label index, shared by every row; None: unknown
 
     @property
     def batch(self) -> int:
@@ -816,6 +820,9 @@ class Rollout:
 
     def _t(self) -> Tensor:
         return torch.full((self.batch, 1), self.timestep)
+
+    def _labels(self) -> Tensor | None:
+        return None if self.label is None else self.label.expand(self.batch)
 
     def _run(self, tokens: Tensor) -> Tensor:
         """Embeddings (B,n,d) -> hidden states (B,n,d), stored in the cache."""
@@ -831,21 +838,22 @@ class Rollout:
     def push_actions(self, actions: Tensor, intervention: bool) -> Tensor:
         """Actions (B,) long or (B,act_dim) -> hidden at a_t (B,d): reward and action-value heads."""
         flags = torch.full((self.batch, 1), intervention)
-        return self._run(self.model.embed_action(actions.unsqueeze(1), flags, self._t()))[:, -1]
+        tokens = self.model.embed_action(actions.unsqueeze(1), flags, self._t(), self._labels())
+        return self._run(tokens)[:, -1]
 
     def push_rewards(self, rewards: Tensor) -> Tensor:
         """Rewards (B,) in env units -> hidden at r_t (B,d): next-observation and termination heads."""
-        return self._run(self.model.embed_reward(rewards.unsqueeze(1), self._t()))[:, -1]
+        return self._run(self.model.embed_reward(rewards.unsqueeze(1), self._t(), self._labels()))[:, -1]
 
     def push_observations(self, obs: Tensor, unknown_return: bool) -> Tensor:
         """Start the next timestep: observations (B,) long or (B,obs_dim) -> hidden at o (B,1,d), or at
         o and R (B,2,d) with the unknown-return token pushed too (value head at o, policy at R)."""
         self.timestep += 1
         t = self._t()
-        tokens = self.model.embed_observation(obs.unsqueeze(1), t)  # (B,1,d)
+        tokens = self.model.embed_observation(obs.unsqueeze(1), t, self._labels())  # (B,1,d)
         if unknown_return:
             unknown = self.model.embed_return(
-                torch.zeros(self.batch, 1), torch.zeros(self.batch, 1, dtype=torch.bool), t
+                torch.zeros(self.batch, 1), torch.zeros(self.batch, 1, dtype=torch.bool), t, self._labels()
             )
             tokens = torch.cat([tokens, unknown], dim=1)
         return self._run(tokens)

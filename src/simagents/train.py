@@ -117,6 +117,10 @@ class TrainConfig:
     return_dropout: float = 0.5
     """Probability that a window's return tokens are all replaced by the unknown token. Such windows
     train the value and action-value heads and the unconditioned (imitation) policy."""
+    label_dropout: float = 0.5
+    """With ``model.condition_on_label``: probability that a window's behaviour-policy label is
+    replaced by the unknown label. Such windows train the simulator to infer who is playing from
+    the history (unconditioned imitation); the others to play as the named policy."""
     validation_fraction: float = 0.1
     """Share of episodes held out for eval/... metrics."""
     eval_every: int = 250
@@ -143,7 +147,7 @@ class TrainConfig:
                 0,
                 math.inf,
             ),
-            "in [0, 1]": (("min_lr_ratio", "return_dropout", "validation_fraction"), 0, 1),
+            "in [0, 1]": (("min_lr_ratio", "return_dropout", "label_dropout", "validation_fraction"), 0, 1),
         }
         for rule, (names, low, high) in rules.items():
             for name in names:
@@ -191,6 +195,7 @@ def fit_statistics(episodes: list[Episode], dataset: Dataset) -> Statistics:
         episode_return_percentiles=np.percentile(
             [e.episode_return for e in episodes], np.arange(0, 101, 5)
         ).tolist(),
+        labels=sorted({e.policy for e in episodes if e.policy}),
     )
 
 
@@ -285,6 +290,17 @@ def evaluate_heldout(model: Simulator, sampler: WindowSampler, max_windows: int 
     metrics.update({f"eval/loss_{k}": float(v) for k, v in losses.items()})
     model.train()
     return metrics
+
+
+def window_labels(
+    batch: dict[str, torch.Tensor], episode_labels: np.ndarray, cfg: TrainConfig, step: int
+) -> torch.Tensor:
+    """(B,) label index of each window's episode, the unknown label (0) with probability
+    ``label_dropout``; drawn from its own generator seeded by (seed, step), so resume replays it."""
+    rng = np.random.default_rng([cfg.seed, step, 1])
+    labels = episode_labels[batch["episode"].numpy()]
+    drop = rng.random(len(labels)) < cfg.label_dropout
+    return torch.from_numpy(np.where(drop, 0, labels))
 
 
 def replace_known(batch: dict[str, torch.Tensor], known: bool) -> dict[str, torch.Tensor]:
@@ -545,6 +561,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
     parallel.wrap(model)
 
     sampler = WindowSampler(train_eps, model_cfg.context_len)
+    # Each training episode's label index (0, unknown, for an unlabelled one); see Simulator.label_index.
+    episode_labels = np.array(
+        [model.label_index(e.policy or None) if model_cfg.condition_on_label else 0 for e in train_eps]
+    )
     val_sampler = WindowSampler(val_eps, model_cfg.context_len) if val_eps else None
     weights = to_dict(cfg.loss)
     tokens_per_step = cfg.batch_size * model_cfg.context_len * 4
@@ -562,6 +582,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         tick = time.perf_counter()
         for step in range(start_step, cfg.steps):
             batch = training_batch(sampler, cfg, step)
+            if model_cfg.condition_on_label:
+                batch["label"] = window_labels(batch, episode_labels, cfg, step)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks, replayable on resume
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step)

@@ -55,6 +55,9 @@ class SimulatorAgent:
 
     ``intervention`` says how the agent's own actions enter its context: as evidence
     (False: like a demonstrator's choice) or as interventions (True: counterfactual teaching).
+    ``label`` (a behaviour-policy label of the simulator's training data; needs a simulator
+    trained with label conditioning) puts that label in every episode's context, so the
+    simulator continues it as that policy would; None leaves the label unknown.
 
     Example: the imitator's most likely action instead of a sample (``examples/custom_agent.py``
     is a planner built this way):
@@ -69,13 +72,15 @@ class SimulatorAgent:
 
     intervention: bool = False
 
-    def __init__(self, simulator: Simulator) -> None:
+    def __init__(self, simulator: Simulator, label: str | None = None) -> None:
         self.simulator = simulator.eval()
+        simulator.label_index(label)  # a label the simulator cannot take fails here, not at reset
+        self.label = label
         self.generator = torch.Generator()
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
-        self.context = Context(self.simulator)
+        self.context = Context(self.simulator, self.label)
         self.generator.manual_seed(0 if seed is None else seed)
         self.started = False
         self.step_records: list[dict[str, float]] = []

@@ -1,7 +1,9 @@
 """Route 1, imitation: sample the next action with the return unknown.
 
 No goal is given, so the simulator plays whoever the context suggests is playing:
-a copy of the data's agents, their mistakes included.
+a copy of the data's agents, their mistakes included. ``label`` names who is playing
+(one of the behaviour-policy labels of a simulator trained with label conditioning):
+the simulator then plays like that policy, its mistakes included.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from simagents.model import Simulator
 
 @register_agent("imitation")
 class ImitationAgent(SimulatorAgent):
-    def __init__(self, simulator: Simulator, temperature: float = 1.0) -> None:
+    def __init__(self, simulator: Simulator, temperature: float = 1.0, label: str | None = None) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.temperature = temperature
-        super().__init__(simulator)
+        super().__init__(simulator, label=label)
 
     def choose(self) -> Tensor:
         h = self.context.push_return(None)

@@ -1,0 +1,156 @@
+"""Label conditioning: a per-episode behaviour-policy label in every token of the context."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from helpers import BOX_OBS, tiny_model
+from simagents.agents import evaluate, make_agent
+from simagents.data.episodes import episode_from_arrays
+from simagents.data.minari_io import save_dataset
+from simagents.errors import SimagentsError
+from simagents.model import Context, Simulator, SimulatorConfig
+from simagents.train import TrainConfig, train
+
+FOUR = gym.spaces.Discrete(4)
+
+
+def labelled_model(seed: int = 0) -> Simulator:
+    model = tiny_model(BOX_OBS, FOUR, seed=seed)
+    cfg = replace(model.cfg, condition_on_label=True)
+    stats = replace(model.stats, labels=["strong", "weak"])
+    torch.manual_seed(seed)
+    return Simulator(cfg, BOX_OBS, FOUR, stats).eval()
+
+
+@torch.no_grad()
+def policy_logits(model: Simulator, label: str | None, observations: np.ndarray) -> torch.Tensor:
+    """The policy's logits at each step of a fixed history, the context labelled ``label``."""
+    context = Context(model, label)
+    out = []
+    for t, obs in enumerate(observations):
+        context.push_observation(torch.as_tensor(obs))
+        out.append(model.action_params(context.push_return(None))[0])
+        context.push_action(torch.tensor(t % 4), intervention=False)
+        context.push_reward(0.5)
+    return torch.stack(out)
+
+
+def test_the_label_changes_the_policy_and_matches_the_training_forward() -> None:
+    model = labelled_model()
+    with torch.no_grad():  # embeddings far apart, as training would make them
+        model.label_embed.weight.copy_(torch.randn_like(model.label_embed.weight))
+    observations = np.random.default_rng(0).uniform(-1, 1, (6, 3)).astype(np.float32)
+    weak, strong, unknown = (policy_logits(model, label, observations) for label in ("weak", "strong", None))
+    assert not torch.allclose(weak, strong, atol=1e-3)
+    assert not torch.allclose(weak, unknown, atol=1e-3)
+    # The training forward with batch["label"] gives the same policy as step-by-step decoding.
+    T = len(observations)
+    batch = {
+        "observations": torch.as_tensor(observations)[None],
+        "returns_to_go": torch.zeros(1, T),
+        "return_known": torch.tensor([False]),
+        "actions": (torch.arange(T) % 4)[None],
+        "interventions": torch.zeros(1, T, dtype=torch.bool),
+        "rewards": torch.full((1, T), 0.5),
+        "timesteps": torch.arange(T)[None],
+    }
+    for label, expected in (("weak", weak), ("strong", strong), (None, unknown)):
+        labelled = batch if label is None else {**batch, "label": torch.tensor([model.label_index(label)])}
+        with torch.no_grad():
+            h = model(labelled)["return"][0, :4]  # the window the Context held (context_len 4)
+        torch.testing.assert_close(model.action_params(h), expected[:4], atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_labels_and_unlabelled_simulators_are_simagents_errors() -> None:
+    with pytest.raises(SimagentsError, match=r"'novice' never occurs.*strong, weak"):
+        make_agent("imitation", labelled_model(), label="novice")
+    with pytest.raises(SimagentsError, match="trained without label conditioning"):
+        make_agent("imitation", tiny_model(BOX_OBS, FOUR), label="weak")
+    make_agent("imitation", tiny_model(BOX_OBS, FOUR))  # no label: fine without conditioning
+
+
+def test_checkpoints_of_older_configs_load(tmp_path: Path) -> None:
+    model = tiny_model(BOX_OBS, FOUR)
+    model.save(tmp_path)
+    # An older checkpoint: no condition_on_label in config.json, no labels in statistics.json.
+    for name, section in (("config.json", "model"), ("statistics.json", None)):
+        values = json.loads((tmp_path / name).read_text())
+        target = values[section] if section else values
+        target.pop("condition_on_label" if section else "labels")
+        (tmp_path / name).write_text(json.dumps(values))
+    loaded = Simulator.load(tmp_path)
+    assert loaded.label_embed is None and loaded.stats.labels == []
+    observations = np.zeros((2, 3), dtype=np.float32)
+    torch.testing.assert_close(
+        policy_logits(loaded, None, observations), policy_logits(model, None, observations)
+    )
+    # A labelled simulator saves and loads its labels and their embedding.
+    labelled = labelled_model()
+    labelled.save(tmp_path / "labelled")
+    again = Simulator.load(tmp_path / "labelled")
+    assert again.stats.labels == ["strong", "weak"] and again.label_embed is not None
+    torch.testing.assert_close(again.label_embed.weight, labelled.label_embed.weight)
+
+
+def label_data(path: Path, episodes: int = 60) -> Path:
+    """Two players with random observations: 'low' always plays action 0, 'high' always action 3."""
+    rng = np.random.default_rng(0)
+    games = []
+    for i in range(episodes):
+        name, action = ("low", 0) if i % 2 else ("high", 3)
+        n = 6
+        games.append(
+            episode_from_arrays(
+                observations=rng.uniform(-1, 1, (n + 1, 3)),
+                actions=np.full(n, action),
+                rewards=np.zeros(n),
+                terminations=np.arange(n) == n - 1,
+                truncations=np.zeros(n, dtype=bool),
+                observation_space=BOX_OBS,
+                action_space=FOUR,
+                policy=name,
+            )
+        )
+    return save_dataset(games, path, observation_space=BOX_OBS, action_space=FOUR)
+
+
+def test_a_trained_label_picks_its_players_move(tmp_path: Path) -> None:
+    data = label_data(tmp_path / "data")
+    cfg = TrainConfig(
+        data=(str(data),),
+        out=tmp_path / "run",
+        model=SimulatorConfig(context_len=6, n_embd=32, n_layer=1, condition_on_label=True),
+        steps=300,
+        lr=2e-3,
+        batch_size=16,
+        warmup_steps=10,
+        eval_every=300,
+        threads=1,
+    )
+    simulator = Simulator.load(train(cfg, progress=False))
+    assert simulator.stats.labels == ["high", "low"]
+
+    class FirstAction(gym.Env):  # one step: only the label tells the players apart
+        observation_space, action_space = BOX_OBS, FOUR
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+        def step(self, action):
+            return np.zeros(3, np.float32), float(action), True, False, {}
+
+    mean = {
+        label: evaluate(make_agent("imitation", simulator, label=label), FirstAction(), 40).summary()[
+            "mean_return"
+        ]
+        for label in ("low", "high", None)
+    }
+    assert mean["low"] < 0.5 and mean["high"] > 2.5  # action 0 vs action 3
+    assert 0.8 < mean[None] < 2.2  # unconditioned: either player, about half each
