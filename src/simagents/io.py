@@ -18,11 +18,14 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from simagents.errors import SimagentsError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -71,7 +74,8 @@ def read_json(path: Path, what: str = "file") -> Any:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A (nested) config dataclass as plain JSON-ready values."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
+    values: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
+    return values
 
 
 def from_dict(cls: type[T], values: Any, source: str) -> T:
@@ -84,7 +88,7 @@ def from_dict(cls: type[T], values: Any, source: str) -> T:
         raise SimagentsError(
             f"{source}: expected a JSON object for {cls.__name__}, got {type(values).__name__}"
         )
-    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known), key=str)
     if unknown:
         raise SimagentsError(
@@ -96,7 +100,7 @@ def from_dict(cls: type[T], values: Any, source: str) -> T:
         for name, f in known.items()
         if name not in values
         and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise SimagentsError(f"{source}: missing key(s) {', '.join(missing)} for {cls.__name__}; add them")
@@ -111,8 +115,8 @@ def from_dict(cls: type[T], values: Any, source: str) -> T:
 def _typed_value(hint: Any, value: Any, where: str) -> Any:
     """``value`` converted to ``hint`` (Path, tuple) after checking that it is one; else a SimagentsError."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)  # type: ignore[arg-type]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

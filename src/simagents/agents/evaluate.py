@@ -57,8 +57,9 @@ def evaluate(agent: Agent, env: gym.Env, episodes: int, seed: int = 0, progress:
                 # Only envs with masks pass one, so agents written before masks still run elsewhere.
                 mask = info.get("action_mask")
                 action = agent.act(obs, reward) if mask is None else agent.act(obs, reward, action_mask=mask)
-                obs, reward, terminated, truncated, info = env.step(action)
-                total += float(reward)
+                obs, step_reward, terminated, truncated, info = env.step(action)
+                reward = float(step_reward)
+                total += reward
                 steps += 1
                 done = terminated or truncated
             result.returns.append(total)

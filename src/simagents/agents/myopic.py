@@ -83,10 +83,11 @@ def record_episodes(
         reward, done = 0.0, False
         while not done:
             action = agent.act(obs, reward, action_mask=info.get("action_mask"))
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, step_reward, terminated, truncated, info = env.step(action)
+            reward = float(step_reward)
             observations.append(obs)
             actions.append(action)
-            rewards.append(float(reward))
+            rewards.append(reward)
             terminations.append(bool(terminated))
             truncations.append(bool(truncated))
             done = terminated or truncated

@@ -206,8 +206,9 @@ def collect_batch(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) 
             reward, done = 0.0, False
             while not done:
                 action = agent.act(obs, reward, action_mask=info.get("action_mask"))
-                obs, reward, terminated, truncated, info = env.step(action)
-                rewards.append(float(reward))
+                obs, step_reward, terminated, truncated, info = env.step(action)
+                reward = float(step_reward)
+                rewards.append(reward)
                 done = terminated or truncated or (cfg.max_steps > 0 and len(rewards) >= cfg.max_steps)
             returns.append(discounted_returns(rewards, cfg.gamma))
             totals.append(float(np.sum(rewards)))
@@ -292,7 +293,7 @@ def _finetune(
                 _, kl = policy_stats(model, head, reference, batch.features)
                 loss = -surrogate.mean() + cfg.kl_coef * kl.mean()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 optimizer.step()
             baseline.fit(batch.features, batch.returns)
             record = {
