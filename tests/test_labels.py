@@ -13,6 +13,7 @@ from helpers import BOX_OBS, tiny_model
 from simagents.agents import evaluate, make_agent
 from simagents.data.episodes import episode_from_arrays
 from simagents.data.minari_io import save_dataset
+from simagents.envs.connect_four import ConnectFourEnv
 from simagents.errors import SimagentsError
 from simagents.model import Context, Simulator, SimulatorConfig
 from simagents.train import TrainConfig, train
@@ -154,3 +155,28 @@ def test_a_trained_label_picks_its_players_move(tmp_path: Path) -> None:
     }
     assert mean["low"] < 0.5 and mean["high"] > 2.5  # action 0 vs action 3
     assert 0.8 < mean[None] < 2.2  # unconditioned: either player, about half each
+
+
+def test_conditioned_imitation_respects_the_action_mask() -> None:
+    board = gym.spaces.Box(-1.0, 1.0, (42,), np.float32)
+    model = tiny_model(board, gym.spaces.Discrete(7), seed=3)
+    model = Simulator(
+        replace(model.cfg, condition_on_label=True),
+        board,
+        model.action_space,
+        replace(model.stats, labels=["a", "b"]),
+    ).eval()
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        agent = make_agent("imitation", model, label=label)
+        for legal in ([3], [0, 6], [1, 2, 5]):
+            mask = np.isin(np.arange(7), legal).astype(np.int8)
+            agent.reset(seed=0)
+            for _ in range(5):
+                assert (
+                    agent.act(rng.choice([-1.0, 0.0, 1.0], 42).astype(np.float32), 0.0, action_mask=mask)
+                    in legal
+                )
+    # Whole games: a full column would raise InvalidAction if the mask were ignored.
+    result = evaluate(make_agent("imitation", model, label="b"), ConnectFourEnv(opponent_depth=1), episodes=3)
+    assert set(result.returns) <= {-1.0, 0.0, 1.0}

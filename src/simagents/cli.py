@@ -206,10 +206,12 @@ def testbed_command(
     """Run one decision testbed: data, one simulator, every agent, theory beside measurement.
 
     Args:
-        name: Testbed: newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble, prophecy (or its env id).
+        name: Testbed: newcomb, twin_pd, smoking_lesion, delusion_boxes, gamble, prophecy, connect_four
+            (or its env id).
         out: Run folder to create (must be absent or empty); results go to OUT/results.json.
         param: Testbed parameters as key=value, e.g. --param accuracy=0.6 big=1e6 (one --param flag).
-        agents: Comma-separated decision procedures to compare.
+        agents: Comma-separated decision procedures to compare (connect_four also takes imitation[NAME],
+            imitation conditioned on player NAME, and imitation[labels], one per player).
         seed: Seed of the data, the training and the evaluation.
         budget: Data, training and evaluation budget: default (minutes) or fast (for tests).
         sweep: prophecy only: values to sweep, e.g. --sweep gamma=0,0.5,0.9,0.99 (the rl agent is
@@ -238,6 +240,21 @@ def testbed_command(
         return
     if sweep:
         raise SimagentsError(f"--sweep applies to the prophecy testbed only, not {name}")
+    if get_testbed(name).name == "connect_four":  # games against a population: its own runner
+        from simagents.study import connect_four
+
+        chosen = [a.strip() for a in agents.split(",") if a.strip()]
+        results = connect_four.run_connect_four(
+            parse_pairs(param, "--param", "opponent_depth=2"),
+            out=out,
+            budget=budget,
+            seed=seed,
+            progress=sys.stderr.isatty(),
+            agents=connect_four.DEFAULT_AGENTS if agents == "imitation,dt,edt,cdt" else chosen,
+        )
+        print(connect_four.format_results(results))
+        print(f"wrote {Path(out).expanduser().absolute() / 'results.json'}")
+        return
 
     params = parse_pairs(param, "--param", "accuracy=0.6")  # the testbed converts and checks the values
     names = [a.strip() for a in agents.split(",") if a.strip()]

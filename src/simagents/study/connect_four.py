@@ -1,0 +1,402 @@
+"""The Connect Four testbed end to end: a simulator of a population of players, and the agents made from it.
+
+``run_connect_four({"opponent_depth": 2}, out=DIR)`` (or ``simagents testbed connect_four --out DIR``):
+
+1. draws games of the five players of :data:`~simagents.envs.connect_four.POPULATION`
+   against the reference opponent (the env's own, ``params``), each labelled with its
+   player, and saves them as a Minari dataset, ``DIR/data/observational``; a second,
+   held-out set of games (another seed) measures the players and trains the probes;
+2. trains ONE simulator on the data with label conditioning (``DIR/simulator``);
+3. builds each agent from it and plays it against the reference opponent and, for its
+   Elo, against every player of the population:
+
+   - ``imitation``: unconditioned, the label unknown (whoever the history suggests);
+   - ``imitation[NAME]`` for each player: the same simulator with the player's label
+     in its context;
+   - ``dt``: conditioned on winning (the data's best return);
+   - ``edt``: the planner, scoring every column by the action-value head;
+   - ``rl``: the policy head fine-tuned by PPO against the reference opponent
+     (``DIR/rl``), acting with the label and the return unknown;
+
+4. fits linear probes on the simulator's hidden states over the held-out games
+   (:mod:`simagents.study.probes`): which player is moving, and the game's final outcome,
+   each beside the same probe on the raw board and chance;
+5. writes ``DIR/results.json``: ``testbed``, ``params``, ``seed``, ``theory``,
+   ``population.<player>`` (its data's ``win_rate``, ``draw_rate``, ``loss_rate``,
+   ``blunder_rate`` ..., ``move_entropy``, ``elo``), ``population_mean`` (the players'
+   average of each), ``agents.<name>`` (``win_rate``, ``draw_rate``, ``loss_rate``,
+   ``mean_return``, ``blunder_rate``, ``missed_win_rate``, ``losing_move_rate``,
+   ``move_entropy``, ``kl_to_data``, ``elo``, ``score_vs_<player>``; a conditioned imitator
+   also ``label`` and ``data_blunder_rate``, its player's), ``probes``, ``data``,
+   ``budget`` and ``timings``.
+
+Move entropy and KL to the data are measured in the positions that both the agent's games
+and the training data reach (:func:`~simagents.envs.connect_four_metrics.move_statistics`).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from simagents.agents import Agent, make_agent
+from simagents.agents.rl import FinetuneConfig, finetune
+from simagents.data.episodes import Episode
+from simagents.data.minari_io import check_can_write, save_dataset
+from simagents.envs import get_testbed
+from simagents.envs.connect_four import POPULATION, ConnectFourEnv, demonstrations
+from simagents.envs.connect_four_metrics import (
+    Move,
+    blunder_rate,
+    elo_against_population,
+    move_statistics,
+    moves_of_episodes,
+    outcome_rates,
+    play_games,
+    player_metrics,
+    population_elo,
+)
+from simagents.errors import SimagentsError
+from simagents.io import atomic_write_json, atomic_write_text, hold_lock, to_dict
+from simagents.model import Simulator, SimulatorConfig
+from simagents.study.probes import probe_features, probe_report
+from simagents.train import TrainConfig, train
+
+OUTCOMES = ("loss", "draw", "win")
+"""Classes of the outcome probe, by final reward −1, 0, +1."""
+
+
+@dataclass(frozen=True)
+class ConnectFourBudget:
+    """How much data, training, fine-tuning and evaluation one Connect Four run gets."""
+
+    episodes: int = 2000
+    """Training games (equal shares of the five players)."""
+    heldout_episodes: int = 500
+    """Held-out games (another seed): the players' own figures and the probes."""
+    steps: int = 1000
+    """Training steps of the simulator."""
+    batch_size: int = 64
+    """Windows (whole games) per training step."""
+    lr: float = 1e-3
+    """Peak learning rate of the simulator."""
+    n_embd: int = 64
+    """Simulator width."""
+    n_layer: int = 2
+    """Simulator depth; the context holds a whole game."""
+    n_return_bins: int = 21
+    """Return bins (returns are −1, 0 or +1)."""
+    label_dropout: float = 0.5
+    """Share of training windows whose player label is hidden (unconditioned imitation)."""
+    eval_games: int = 100
+    """Games each agent plays against the reference opponent (outcomes, blunders, move statistics)."""
+    elo_games: int = 10
+    """Games each agent plays against each population player for its Elo."""
+    population_games: int = 10
+    """Games per ordered pair of players in the round robin that rates the population."""
+    rl_iterations: int = 30
+    """PPO iterations of the ``rl`` agent against the reference opponent."""
+    rl_episodes: int = 16
+    """Games per PPO iteration."""
+    rl_kl_coef: float = 0.01
+    """Weight of the KL penalty from the pre-trained policy while fine-tuning."""
+    threads: int = 1
+    """torch threads (restored afterwards)."""
+
+
+BUDGETS = {
+    # About 3-4 minutes on 2 cores, data to results.
+    "default": ConnectFourBudget(),
+    # For tests: the plumbing with a simulator that learns a little, in well under a minute.
+    "fast": ConnectFourBudget(
+        episodes=300,
+        heldout_episodes=60,
+        steps=60,
+        batch_size=32,
+        n_embd=32,
+        n_layer=1,
+        eval_games=10,
+        elo_games=2,
+        population_games=2,
+        rl_iterations=2,
+        rl_episodes=4,
+    ),
+}
+
+DEFAULT_AGENTS = ("imitation", "imitation[labels]", "dt", "edt", "rl")
+"""``imitation[labels]`` stands for one conditioned imitator per player."""
+
+
+def resolve_budget(budget: ConnectFourBudget | str) -> ConnectFourBudget:
+    if isinstance(budget, ConnectFourBudget):
+        return budget
+    if budget not in BUDGETS:
+        raise SimagentsError(f"budget {budget!r} is not one of: {', '.join(BUDGETS)}")
+    return BUDGETS[budget]
+
+
+def expand_agents(agents: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(entry name, registered agent, options)`` per agent; ``imitation[NAME]`` conditions
+    imitation on player NAME, ``imitation[labels]`` on each player in turn."""
+    from simagents.study.testbed import check_agents  # one agent check for every testbed
+
+    out = []
+    for name in agents:
+        if name.endswith("]") and "[" in name:
+            base, label = name[:-1].split("[", 1)
+            if base != "imitation":
+                raise SimagentsError(
+                    f"agent {name!r}: only imitation takes a player label, as imitation[NAME]"
+                )
+            labels = list(POPULATION) if label == "labels" else [label]
+            unknown = [x for x in labels if x not in POPULATION]
+            if unknown:
+                raise SimagentsError(
+                    f"agent {name!r}: no player {unknown[0]!r}; players are {', '.join(POPULATION)}"
+                )
+            out += [(f"imitation[{x}]", "imitation", {"label": x}) for x in labels]
+        else:
+            check_agents([name])
+            out.append((name, name, {}))
+    return out
+
+
+def run_connect_four(
+    params: Mapping[str, Any] | None = None,
+    out: Path | str = Path("runs/connect_four"),
+    budget: ConnectFourBudget | str = "default",
+    seed: int = 0,
+    progress: bool = False,
+    agents: Sequence[str] = DEFAULT_AGENTS,
+) -> dict[str, Any]:
+    """Run the Connect Four testbed; write and return ``out/results.json``'s content.
+
+    Bad parameters, agents or an existing non-empty ``out`` raise :class:`SimagentsError`
+    before anything is written; on any error the folder is removed again."""
+    testbed = get_testbed("connect_four")
+    full_params = testbed.check_params(params)
+    entries = expand_agents(agents)
+    budget = resolve_budget(budget)
+    folder = check_can_write(out)
+    threads = torch.get_num_threads()
+    existed = folder.exists()
+    with hold_lock(folder, "testbed run"):
+        try:
+            if budget.threads:
+                torch.set_num_threads(budget.threads)
+            return _run(full_params, entries, seed, folder, budget, progress)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: it was absent or empty
+            if existed:
+                folder.mkdir(parents=True, exist_ok=True)
+            raise
+        finally:
+            torch.set_num_threads(threads)
+
+
+def agent_metrics(
+    agent: Agent,
+    params: dict[str, Any],
+    budget: ConnectFourBudget,
+    ratings: dict[str, float],
+    data_moves: list[Move],
+    seed: int,
+) -> dict[str, Any]:
+    """An agent's games against the reference opponent and the population, measured."""
+    games = play_games(agent, budget.eval_games, seed=seed, **params)
+    rates = outcome_rates(games.outcomes)
+    return {
+        **rates,
+        "mean_return": float(np.mean(games.outcomes)),
+        **blunder_rate(games.moves),
+        **move_statistics(games.moves, data_moves),
+        **elo_against_population(
+            agent, ratings, budget.elo_games, seed=seed + 50_000, agent_first=params["agent_first"]
+        ),
+        "games": float(budget.eval_games),
+    }
+
+
+def _run(
+    params: dict[str, Any],
+    entries: list[tuple[str, str, dict[str, Any]]],
+    seed: int,
+    folder: Path,
+    budget: ConnectFourBudget,
+    progress: bool,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    testbed = get_testbed("connect_four")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "testbed": "connect_four",
+        "params": params,
+        "agents": [name for name, _, _ in entries],
+        "seed": seed,
+        "budget": to_dict(budget),
+    }
+    atomic_write_json(folder / "config.json", config)
+    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    timings: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    games = demonstrations(params, budget.episodes, np.random.default_rng([seed, 0]))
+    heldout = demonstrations(params, budget.heldout_episodes, np.random.default_rng([seed, 1]))
+    env = ConnectFourEnv(**params)
+    path = save_dataset(
+        games,
+        folder / "data" / "observational",
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        env_id=testbed.env_id,
+        env_kwargs=params,
+        description=f"connect_four: {budget.episodes} games of the population (simagents testbed)",
+    )
+    data_moves = moves_of_episodes(games)
+    timings["data_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    population = population_figures(heldout, data_moves, budget, seed)
+    ratings = {name: population[name]["elo"] for name in POPULATION}
+    timings["population_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    train_cfg = TrainConfig(
+        data=(str(path),),
+        out=folder / "simulator",
+        model=SimulatorConfig(
+            context_len=max(len(e) for e in games + heldout),
+            n_embd=budget.n_embd,
+            n_layer=budget.n_layer,
+            n_return_bins=budget.n_return_bins,
+            condition_on_label=True,
+        ),
+        steps=budget.steps,
+        batch_size=budget.batch_size,
+        lr=budget.lr,
+        warmup_steps=min(50, budget.steps),
+        label_dropout=budget.label_dropout,
+        validation_fraction=0.0,  # the held-out games are their own set
+        eval_every=budget.steps,
+        log_every=max(budget.steps // 4, 1),
+        seed=seed,
+        threads=budget.threads,
+    )
+    simulator = Simulator.load(train(train_cfg, progress=progress))
+    timings["train_s"] = time.perf_counter() - tick
+
+    results_per_agent: dict[str, Any] = {}
+    eval_seed = 10_000 + seed
+    for name, agent_name, options in entries:
+        tick = time.perf_counter()
+        model = simulator
+        if agent_name == "rl":
+            rl_cfg = FinetuneConfig(
+                iterations=budget.rl_iterations,
+                episodes=budget.rl_episodes,
+                kl_coef=budget.rl_kl_coef,
+                seed=seed,
+                threads=budget.threads,
+            )
+            source = {"simulator": str(train_cfg.out), "env_id": testbed.env_id, "env_kwargs": params}
+            model = finetune(simulator, ConnectFourEnv(**params), folder / "rl", rl_cfg, source, progress)
+        entry = agent_metrics(
+            make_agent(agent_name, model, **options), params, budget, ratings, data_moves, eval_seed
+        )
+        if "label" in options:
+            entry["label"] = options["label"]
+            entry["data_blunder_rate"] = population[options["label"]]["blunder_rate"]
+        results_per_agent[name] = entry
+        timings[f"{name}_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    probes = probe_section(simulator, heldout, seed)
+    timings["probes_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - start
+
+    results = {
+        "testbed": "connect_four",
+        "params": params,
+        "seed": seed,
+        "theory": testbed.theory(**params),
+        "population": population,
+        "population_mean": {
+            key: float(np.mean([p[key] for p in population.values()]))
+            for key in ("win_rate", "blunder_rate", "move_entropy", "kl_to_data", "elo")
+        },
+        "agents": results_per_agent,
+        "probes": probes,
+        "data": {
+            "path": str(path),
+            "episodes": len(games),
+            "heldout_episodes": len(heldout),
+            "steps": sum(len(e) for e in games),
+            "labels": simulator.stats.labels,
+        },
+        "budget": to_dict(budget),
+        "timings": timings,
+    }
+    atomic_write_json(folder / "results.json", results)
+    return results
+
+
+def population_figures(
+    heldout: list[Episode], data_moves: list[Move], budget: ConnectFourBudget, seed: int
+) -> dict[str, dict[str, float]]:
+    """Per player: outcome and blunder rates in the held-out games, move entropy and KL to the
+    whole data in the positions both reach, and Elo from a round robin (``random`` at 0)."""
+    figures = player_metrics(heldout)
+    ratings = population_elo(budget.population_games, seed=seed + 90_000)
+    out = {}
+    for name in POPULATION:
+        mine = moves_of_episodes([e for e in heldout if e.policy == name])
+        out[name] = {
+            **figures[name],
+            "mean_return": 2 * figures[name]["score"] - 1,
+            **move_statistics(mine, data_moves),
+            "elo": ratings[name],
+        }
+    return out
+
+
+def probe_section(simulator: Simulator, heldout: list[Episode], seed: int) -> dict[str, Any]:
+    """Linear probes on the held-out games: the player moving (one of five) and the game's outcome."""
+    features = probe_features(simulator, heldout)
+    players = list(POPULATION)
+    player = np.array([players.index(heldout[i].policy) for i in features.episode])
+    outcome = np.array([int(np.sign(heldout[i].episode_return)) + 1 for i in features.episode])
+    return {
+        "feature": "final hidden state at the return token (label and return unknown), per move",
+        "player": {**probe_report(features, player, seed=seed), "classes": players},
+        "outcome": {**probe_report(features, outcome, seed=seed), "classes": list(OUTCOMES)},
+    }
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A compact table: per player and agent, outcomes, blunders, move statistics and Elo; the probes."""
+    rows = [("", "win", "draw", "loss", "blunder", "entropy", "KL", "Elo")]
+
+    def row(name: str, r: dict[str, Any]) -> tuple[str, ...]:
+        cells = [r["win_rate"], r["draw_rate"], r["loss_rate"], r["blunder_rate"], r["move_entropy"]]
+        return (name, *(f"{v:.3f}" for v in cells), f"{r['kl_to_data']:.3f}", f"{r['elo']:.0f}")
+
+    rows += [row(f"player {name}", r) for name, r in results["population"].items()]
+    rows += [row(name, r) for name, r in results["agents"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"connect_four, seed {results['seed']}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for target in ("player", "outcome"):
+        p = results["probes"][target]
+        lines.append(
+            f"probe {target}: hidden {p['hidden']:.3f}, raw board {p['raw']:.3f}, chance {p['chance']:.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""`simagents testbed connect_four`: the results schema on the fast budget, and bad requests."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from simagents.cli import main
+from simagents.envs.connect_four import POPULATION
+from simagents.errors import SimagentsError
+from simagents.study.connect_four import run_connect_four
+
+METRICS = (
+    "win_rate",
+    "draw_rate",
+    "loss_rate",
+    "mean_return",
+    "blunder_rate",
+    "move_entropy",
+    "kl_to_data",
+    "elo",
+)
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cf") / "run"
+    return out, run_connect_four({"opponent_depth": 1}, out=out, budget="fast", seed=3)
+
+
+def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
+    out, results = fast_run
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["testbed"] == "connect_four" and results["params"]["opponent_depth"] == 1
+    expected = ["imitation", *(f"imitation[{p}]" for p in POPULATION), "dt", "edt", "rl"]
+    assert list(results["agents"]) == expected
+    for name, entry in [*results["agents"].items(), *results["population"].items()]:
+        for key in METRICS:
+            assert isinstance(entry[key], float), (name, key)
+        assert math.isclose(entry["win_rate"] + entry["draw_rate"] + entry["loss_rate"], 1.0)
+        assert 0 <= entry["blunder_rate"] <= 1
+    assert results["population"]["random"]["elo"] == 0.0  # the scale's anchor
+    for player in POPULATION:
+        entry = results["agents"][f"imitation[{player}]"]
+        assert entry["label"] == player
+        assert entry["data_blunder_rate"] == results["population"][player]["blunder_rate"]
+    assert set(results["population_mean"]) >= {"win_rate", "blunder_rate", "elo"}
+    for target, classes in (("player", list(POPULATION)), ("outcome", ["loss", "draw", "win"])):
+        probe = results["probes"][target]
+        assert probe["classes"] == classes
+        assert all(0 <= probe[k] <= 1 for k in ("hidden", "raw", "chance"))
+        assert probe["test_steps"] > 0
+    assert results["data"]["labels"] == sorted(POPULATION)
+    assert (out / "simulator").is_dir() and (out / "rl" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("agents", "message"),
+    [
+        (["imitation[grandmaster]"], "no player 'grandmaster'"),
+        (["dt[club]"], "only imitation takes a player label"),
+        (["oracle"], "unknown agent"),
+    ],
+)
+def test_bad_agents_fail_before_anything_is_written(tmp_path: Path, agents: list[str], message: str) -> None:
+    with pytest.raises(SimagentsError, match=message):
+        run_connect_four(out=tmp_path / "run", budget="fast", agents=agents)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_dispatches_to_the_connect_four_runner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--agents", "imitation[nobody]"])
+    assert code == 2 and "no player 'nobody'" in capsys.readouterr().err
+    code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--param", "opponent_depth=99"])
+    assert code == 2 and "opponent_depth must be between 1 and 8" in capsys.readouterr().err
