@@ -254,7 +254,10 @@ def training_batch(sampler: WindowSampler, cfg: TrainConfig, step: int) -> dict[
     """The batch of ``step``: a pure function of (seed, step)."""
     rng = np.random.default_rng([cfg.seed, step])
     windows = sampler.sample(rng, cfg.batch_size)
-    return to_batch(windows, rng.random(cfg.batch_size) >= cfg.return_dropout)
+    # One dropout coin per draw: a block's episodes hide or show their returns together, else the
+    # action-value head would see one action of a pair without the other half the time.
+    coin = rng.random(cfg.batch_size)
+    return to_batch(windows, coin[windows["draw"]] >= cfg.return_dropout)
 
 
 @torch.no_grad()

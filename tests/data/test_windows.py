@@ -101,3 +101,23 @@ def test_block_episodes_share_batches_and_plain_sampling_is_unchanged():
     ep = w["episode"].reshape(-1, 2)
     assert (ep[:, 0] // 2 == ep[:, 1] // 2).all() and (ep[:, 0] != ep[:, 1]).all()
     assert abs(np.mean(ep[:, 0] // 2 == 1) - 1 / 3) < 0.06
+
+
+def test_draw_numbers_the_blocks_so_dropout_can_keep_pairs_together():
+    from simagents.train import TrainConfig, training_batch
+
+    rng = np.random.default_rng(0)
+    pairs = blocked_episodes(rng, [0, 0, 1, 1, 2, 2, -1, -1], [1] * 8)
+    sampler = WindowSampler(pairs, 1)
+    w = sampler.sample(np.random.default_rng(3), batch_size=300)
+    blocked = w["episode"] < 6
+    for d in np.unique(w["draw"][blocked]):
+        members = w["episode"][w["draw"] == d]
+        assert len(members) <= 2 and len(set(members // 2)) == 1
+    assert len(np.unique(w["draw"][~blocked])) == int((~blocked).sum())  # singletons: one draw each
+    cfg = TrainConfig(data=("unused",), out="unused", batch_size=300, return_dropout=0.5)
+    batch = training_batch(sampler, cfg, step=7)
+    known, episode, draw = batch["return_known"].numpy(), batch["episode"].numpy(), batch["draw"].numpy()
+    for d in np.unique(draw):  # one dropout coin per draw: partners hide their returns together
+        assert len(set(known[draw == d])) == 1
+    assert 0.3 < known.mean() < 0.7

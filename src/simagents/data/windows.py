@@ -61,22 +61,25 @@ class WindowSampler:
         """``batch_size`` windows; episodes weighted by length, start uniform within the episode.
 
         With blocks, whole blocks are drawn (weighted by their steps) from one start, until the
-        batch is full; only the last block drawn may be cut short.
+        batch is full; only the last block drawn may be cut short. ``draw`` (B,) numbers the
+        draws: windows of one block share it, so per-window choices made downstream (the return
+        dropout) can be made per block and keep the block's comparison paired.
         """
         if self.units is None:
             episode = rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
             start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
-            return self.windows(episode, start)
+            return {**self.windows(episode, start), "draw": np.arange(batch_size)}
         members = self.units  # (U, S) episode indices, -1 pads smaller units
         # Every unit holds at least one episode, so batch_size units always fill the batch.
         unit = rng.choice(len(members), size=batch_size, p=self.unit_p)
         unit_start = (rng.random(batch_size) * self.lengths[members[unit, 0]]).astype(np.int64)
         episode = members[unit].reshape(-1)
         start = np.repeat(unit_start, members.shape[1])
+        draw = np.repeat(np.arange(batch_size), members.shape[1])
         keep = episode >= 0
-        episode, start = episode[keep][:batch_size], start[keep][:batch_size]
+        episode, start, draw = episode[keep][:batch_size], start[keep][:batch_size], draw[keep][:batch_size]
         # Members of one block may differ in length: start no later than each one's last step.
-        return self.windows(episode, np.minimum(start, self.lengths[episode] - 1))
+        return {**self.windows(episode, np.minimum(start, self.lengths[episode] - 1)), "draw": draw}
 
     def windows(self, episode: np.ndarray, start: np.ndarray) -> dict[str, np.ndarray]:
         """Windows of the given episodes from the given steps. Arrays are (B, K, ...)."""
