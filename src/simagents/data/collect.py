@@ -138,13 +138,18 @@ def collect_episodes(cfg: CollectConfig) -> list[Episode]:
                 name = names[int(rng.choice(len(names), p=probs))]
                 episode_seed = int(rng.integers(2**31 - 1))
                 policy = make_policy(name, env, np.random.default_rng([episode_seed, 1]))
-                arrays = _run_episode(env, policy, episode_seed, cfg.max_steps)
-                n = len(arrays[1])
+                observations, actions, rewards, terminations, truncations = _run_episode(
+                    env, policy, episode_seed, cfg.max_steps
+                )
                 episode = episode_from_arrays(
-                    *(np.asarray(a) for a in arrays),
+                    np.asarray(observations),
+                    np.asarray(actions),
+                    np.asarray(rewards),
+                    np.asarray(terminations),
+                    np.asarray(truncations),
                     observation_space=env.observation_space,
                     action_space=env.action_space,
-                    interventions=np.full(n, cfg.intervene, dtype=bool),
+                    interventions=np.full(len(actions), cfg.intervene, dtype=bool),
                     policy=name,
                     seed=episode_seed,
                 )

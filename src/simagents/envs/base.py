@@ -23,7 +23,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -347,10 +347,14 @@ def check_episodes(episodes: int, where: str) -> None:
 # --------------------------------------------------------------------------- envs
 
 
-class TestbedEnv(gym.Env[np.int64, np.int64]):
+ObsT = TypeVar("ObsT")
+
+
+class TestbedEnv(gym.Env[ObsT, np.int64]):
     """Shared plumbing of the testbed envs: keyword parameters, discrete named actions.
 
-    Subclasses set ``params_class`` and ``action_names`` and implement ``reset`` and ``step``.
+    Subclasses set ``params_class`` and ``action_names`` and implement ``reset`` and ``step``;
+    ``ObsT`` is their observation type (``np.int64`` for a Discrete observation space).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
@@ -371,7 +375,7 @@ class TestbedEnv(gym.Env[np.int64, np.int64]):
         return int(action)
 
 
-class OneShotEnv(TestbedEnv):
+class OneShotEnv(TestbedEnv[np.int64]):
     """A one-step decision: ``reset`` draws the hidden state, ``step`` pays the outcome and ends.
 
     The observation is a constant 0 (``Discrete(1)``) unless a subclass reveals something

@@ -108,7 +108,7 @@ def position_from_observation(observation: Any) -> Position:
         raise SimagentsError(f"not a Connect Four position: {e}") from None
 
 
-class ConnectFourEnv(TestbedEnv):
+class ConnectFourEnv(TestbedEnv[np.ndarray]):
     """Connect Four for a deployed agent against the env's search opponent (see the module doc)."""
 
     params_class: ClassVar[type] = ConnectFourParams

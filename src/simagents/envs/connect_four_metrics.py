@@ -106,10 +106,11 @@ class _RecordMoves(gym.Wrapper):
 
     def __init__(self, env: ConnectFourEnv, games: Games) -> None:
         super().__init__(env)
+        self.connect_four = env
         self.games = games
 
     def step(self, action: Any) -> Any:
-        position = self.env.unwrapped.position
+        position = self.connect_four.position
         out = self.env.step(action)
         self.games.moves.append((position, int(action)))
         if out[2] or out[3]:

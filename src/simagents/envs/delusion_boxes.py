@@ -67,7 +67,7 @@ class DelusionBoxesParams:
             raise SimagentsError(f"delusion_boxes: max_steps must be at least 1, got {self.max_steps}")
 
 
-class DelusionBoxesEnv(TestbedEnv):
+class DelusionBoxesEnv(TestbedEnv[np.int64]):
     """Delusion boxes for a deployed agent who does not know where the prize is.
 
     Actions: 0 ``left``, 1 ``right``. Observation: constant 0 (``Discrete(1)``). Reward
@@ -124,6 +124,7 @@ def demonstrations(
     out = []
     for _ in range(episodes):
         prize_box = LEFT if rng.random() < p.p_left else RIGHT
+        actions: list[int]
         if intervene:
             actions = []
             while len(actions) < p.max_steps:

@@ -73,7 +73,7 @@ def _state(bet: Any, won: Any) -> Any:
     return 1 + 2 * bet + (1 - np.asarray(won, dtype=np.int64))
 
 
-class GambleEnv(TestbedEnv):
+class GambleEnv(TestbedEnv[np.int64]):
     """The gamble for a deployed agent: two steps, ``Discrete(7)`` observations.
 
     Actions: 0 ``risky``, 1 ``small``, 2 ``sure`` at the first step; any action at the

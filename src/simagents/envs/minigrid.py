@@ -80,7 +80,7 @@ def _cell_kind_table() -> np.ndarray:
     return table
 
 
-class DoorKeyEnv(gym.Env[np.ndarray, int]):
+class DoorKeyEnv(gym.Env[np.ndarray, np.int64]):
     """MiniGrid DoorKey with a flat one-hot float32 observation and the five actions DoorKey needs."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
@@ -107,9 +107,8 @@ class DoorKeyEnv(gym.Env[np.ndarray, int]):
         """The wrapped MiniGrid env (the expert reads its grid)."""
         self._kinds = _cell_kind_table()
         self._view_cells = view * view
-        self.observation_space = gym.spaces.Box(
-            0.0, 1.0, shape=(self._view_cells * len(CELL_KINDS) + N_DIRECTIONS,), dtype=np.float32
-        )
+        self._obs_size = self._view_cells * len(CELL_KINDS) + N_DIRECTIONS
+        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(self._obs_size,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(len(ACTION_NAMES))
 
     def _observe(self, minigrid_obs: dict[str, Any]) -> np.ndarray:
@@ -117,7 +116,7 @@ class DoorKeyEnv(gym.Env[np.ndarray, int]):
         kinds = self._kinds[image[:, :, 0], image[:, :, 2]].reshape(-1)
         if (kinds < 0).any():
             raise RuntimeError("DoorKey view holds an object that DoorKey does not have")
-        obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+        obs = np.zeros(self._obs_size, dtype=np.float32)
         obs[np.arange(self._view_cells) * len(CELL_KINDS) + kinds] = 1.0
         obs[self._view_cells * len(CELL_KINDS) + int(minigrid_obs["direction"])] = 1.0
         return obs
@@ -129,7 +128,7 @@ class DoorKeyEnv(gym.Env[np.ndarray, int]):
         minigrid_obs, _ = self.minigrid.reset(seed=seed)
         return self._observe(minigrid_obs), {}
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: int | np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         minigrid_obs, reward, terminated, truncated, _ = self.minigrid.step(MINIGRID_ACTIONS[int(action)])
         return self._observe(minigrid_obs), float(reward), bool(terminated), bool(truncated), {}
 
@@ -154,7 +153,7 @@ def _subgoal(world: Any) -> tuple[tuple[int, int], int]:
     """The cell to face next and the action to take there: key, then door, then goal."""
     door_pos = _find(world.grid, "door")
     door = world.grid.get(*door_pos) if door_pos is not None else None
-    if door is not None and not door.is_open:
+    if door_pos is not None and door is not None and not door.is_open:
         key_pos = _find(world.grid, "key")
         if door.is_locked and world.carrying is None and key_pos is not None:
             return key_pos, PICKUP
@@ -214,7 +213,10 @@ class DoorKeyExpert:
         explore = self.rng.random() < self.eps
         if explore:
             return int(self.rng.integers(len(ACTION_NAMES)))
-        return expert_action(self.env.unwrapped.minigrid)
+        world = self.env.unwrapped
+        if not isinstance(world, DoorKeyEnv):
+            raise SimagentsError(f"the DoorKey expert plays simagents/DoorKey, not {world}")
+        return expert_action(world.minigrid)
 
 
 _DOORKEY_EPS = re.compile(r"doorkey-eps(?P<eps>\d+(?:\.\d*)?)")
