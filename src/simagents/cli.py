@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     collect_command.__annotations__["config"] = Annotated[CollectConfig, tyro.conf.arg(name="")]
     train_command.__annotations__["config"] = Annotated[TrainConfig, tyro.conf.arg(name="")]
     finetune_command.__annotations__["config"] = Annotated[FinetuneConfig, tyro.conf.arg(name="")]
-    commands = {
+    commands: dict[str, Callable[..., None]] = {
         "collect": collect_command,
         "train": train_command,
         "info": info_command,

@@ -329,7 +329,9 @@ def _run(
     tick = time.perf_counter()
     if "rl" in agents:
         if gammas:
-            sweep = [{"gamma": g, "agents": {**fixed, "rl": rl_entry(g)}} for g in gammas]
+            sweep: list[dict[str, Any]] = [
+                {"gamma": g, "agents": {**fixed, "rl": rl_entry(g)}} for g in gammas
+            ]
             results["sweep"] = sweep
             results["agents"] = {**fixed, "rl": sweep[-1]["agents"]["rl"]}
         else:
@@ -351,7 +353,9 @@ def _run(
 
 def index_figure(results: dict[str, Any], path: Path) -> None:
     """Instrumentality index against the discount, one line per agent, the theory's optimum dashed."""
-    from simagents.study.report import plt, save_figure
+    import matplotlib.pyplot as plt
+
+    from simagents.study.report import save_figure  # sets matplotlib's file-only backend
 
     sweep = results["sweep"]
     gammas = [entry["gamma"] for entry in sweep]
