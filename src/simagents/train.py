@@ -213,7 +213,7 @@ def load_training_data(refs: tuple[str, ...]) -> Dataset:
                 f"{ref}: spaces {other.observation_space} / {other.action_space} differ from {refs[0]}'s "
                 f"{first.observation_space} / {first.action_space}; mix only datasets of the same env"
             )
-    episodes = []
+    episodes: list[Episode] = []
     for d in datasets:
         # Block ids are per dataset: shift them so that two datasets' blocks stay apart.
         offset = 1 + max((e.block for e in episodes), default=-1)
@@ -313,9 +313,10 @@ def replace_known(batch: dict[str, torch.Tensor], known: bool) -> dict[str, torc
 def _logged_step(line: str) -> float:
     """The step of a metrics line; a line cut short by a crash counts as past any checkpoint."""
     try:
-        return json.loads(line)["step"]
+        step: float = json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return math.inf
+    return step
 
 
 class RunLog:
