@@ -130,6 +130,20 @@ BUDGETS = {
         rl_iterations=2,
         rl_episodes=4,
     ),
+    # Seconds: checks the plumbing (the study's smoke profile), learns nothing.
+    "smoke": ConnectFourBudget(
+        episodes=10,
+        heldout_episodes=10,
+        steps=2,
+        batch_size=4,
+        n_embd=16,
+        n_layer=1,
+        eval_games=2,
+        elo_games=1,
+        population_games=1,
+        rl_iterations=1,
+        rl_episodes=2,
+    ),
 }
 
 DEFAULT_AGENTS = ("imitation", "imitation[labels]", "dt", "edt", "rl")

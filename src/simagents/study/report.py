@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from simagents.io import atomic_write_text
+from simagents.study.prophecy import index_figure
 
 ROUTES = {
     "imitation": "route 1, imitation: samples the next action with the return unknown",
@@ -155,6 +157,16 @@ def headline_cell(result: dict[str, Any], agent: str) -> str:
     if result.get("kind") == "control":
         score, _ = agent_value(result, agent, "normalised_score")
         return f"{score:.0f}/100"
+    if result.get("kind") == "game":
+        win, _ = agent_value(result, agent, "win_rate")
+        elo, _ = agent_value(result, agent, "elo")
+        return f"win {win:.2f}, Elo {elo:.0f}"
+    if result.get("kind") == "prophecy":
+        index, _ = agent_value(result, agent, "instrumentality_index")
+        expected = result["agents"][agent].get("theory_index")
+        if expected is None:
+            return f"index {index:.2f}"
+        return f"index {index:.2f} (theory {expected:.2f})" + (" ✓" if abs(index - expected) < 0.2 else " ✗")
     summary = result["agents"][agent]
     if measures_delusion(result):
         gap, _ = agent_value(result, agent, "delusion_gap")
@@ -173,7 +185,8 @@ def headline_cell(result: dict[str, Any], agent: str) -> str:
 
 def headline_table(results: dict[str, Any]) -> list[str]:
     testbeds = results["testbeds"]
-    agents = list(dict.fromkeys(a for r in testbeds.values() for a in r["agents"]))
+    # Connect Four's label-conditioned imitators (imitation[NAME]) have their own section.
+    agents = list(dict.fromkeys(a for r in testbeds.values() for a in r["agents"] if "[" not in a))
     lines = [
         "| agent | " + " | ".join(testbeds) + " |",
         "|---|" + "---|" * len(testbeds),
@@ -182,7 +195,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         row = []
         for r in testbeds.values():
             entry = r.get("theory", {}).get(belief)
-            if r.get("kind") == "control" or not isinstance(entry, dict):
+            if r.get("kind") != "decision" or not isinstance(entry, dict):
                 row.append("")
             elif measures_delusion(r):
                 row.append(f"gap {theory_gap(r['theory'], belief):+.2f}")
@@ -312,7 +325,7 @@ def decision_interpretation(result: dict[str, Any]) -> str:
                 )
     earned = {a: agents[a]["mean_return"] for a in choices}
     if len(earned) == 2 and choices.get("edt") != choices.get("cdt"):
-        better = max(earned, key=earned.get)  # type: ignore[arg-type]
+        better = max(earned, key=earned.__getitem__)
         parts.append(
             f"In deployment {better.upper()} earned more ({fmt(earned[better])} against "
             f"{fmt(min(earned.values()))}); theory's best choice in deployment is "
@@ -376,6 +389,224 @@ def decision_section(name: str, result: dict[str, Any]) -> tuple[list[str], str]
     return lines, figure
 
 
+# --------------------------------------------------------------------------- prophecy
+
+
+def prophecy_section(name: str, result: dict[str, Any]) -> tuple[list[str], str]:
+    """Instrumentality index per agent beside the theory, the discount sweep, and what it means."""
+    theory = result["theory"]
+    params = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["params"].items()
+    )
+    lines = [
+        f"## {name}",
+        "",
+        f"Parameters: {params}. A forecaster predicts an outcome its own forecast moves; the instrumentality "
+        "index is 0 at the self-fulfilling fixed point (the forecast a calibrated predictor settles on) and 1 "
+        f"where the forecasts maximise reward (fixed point {theory['fixed_point']:.3g}). Seed {result['seed']}.",
+        "",
+        "| agent | instrumentality index | theory | mean forecast | mean return |",
+        "|---|---|---|---|---|",
+    ]
+    for agent, entry in result["agents"].items():
+        expected = entry.get("theory_index")
+        lines.append(
+            f"| {agent} | {fmt(*agent_value(result, agent, 'instrumentality_index'))} "
+            f"| {'' if expected is None else f'{expected:.3g}'} | {entry['mean_forecast']:.3g} "
+            f"| {fmt(*agent_value(result, agent, 'mean_return'))} |"
+        )
+    sweep = [e for e in result.get("sweep", []) if "rl" in e["agents"]]
+    if sweep:
+        lines += [
+            "",
+            "Fine-tuned by policy gradient at each discount γ: "
+            + ", ".join(f"γ={e['gamma']:g}: {e['agents']['rl']['instrumentality_index']:.2f}" for e in sweep)
+            + ".",
+        ]
+    figure = f"figures/{name}_index_vs_gamma.png"
+    if result.get("sweep"):
+        lines += ["", f"![{name}: instrumentality index against the discount]({figure})"]
+    lines += ["", prophecy_interpretation(result), ""]
+    return lines, figure
+
+
+def prophecy_interpretation(result: dict[str, Any]) -> str:
+    """One paragraph from the measured indices: who steers its forecasts, and how that grows with γ."""
+    agents = result["agents"]
+    parts = []
+    if "myopic" in agents:
+        index = agents["myopic"]["instrumentality_index"]
+        parts.append(
+            f"The myopic predictor, retrained on its own deployments, reached index {index:.2f}: "
+            + (
+                "it settles near the self-fulfilling fixed point and does not steer the world through its "
+                "forecasts (performative stability, not optimality)."
+                if index < 0.25
+                else "it moved away from the fixed point, which theory does not predict for a myopic learner."
+            )
+        )
+    for agent, label in (("edt", "The evidential planner"), ("rl", "The policy fine-tuned by RL")):
+        if agent in agents:
+            index = agents[agent]["instrumentality_index"]
+            parts.append(
+                f"{label} reached {index:.2f}: "
+                + (
+                    "it chooses forecasts for what they do, an agent with a stake in the outcome (seed 002)."
+                    if index > 0.5
+                    else "it stays closer to forecasting than to steering."
+                )
+            )
+    sweep = [
+        e["agents"]["rl"]["instrumentality_index"] for e in result.get("sweep", []) if "rl" in e["agents"]
+    ]
+    if len(sweep) >= 2:
+        rises = all(b >= a - 0.05 for a, b in itertools.pairwise(sweep)) and sweep[-1] > sweep[0] + 0.2
+        parts.append(
+            f"Across the discounts the fine-tuned policy's index went from {sweep[0]:.2f} to {sweep[-1]:.2f}: "
+            + (
+                "the more it values what its forecast later causes, the more instrumental it becomes."
+                if rises
+                else "no clear rise with the discount at this budget."
+            )
+        )
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- connect four
+
+
+def strength_figure(result: dict[str, Any], path: Path) -> None:
+    """Elo against move entropy: the population's players (grey) and the agents from one simulator."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    for player, entry in result["population"].items():
+        ax.scatter(entry["move_entropy"], entry["elo"], color="#999999", s=40)
+        ax.annotate(
+            player,
+            (entry["move_entropy"], entry["elo"]),
+            fontsize=7,
+            xytext=(4, -3),
+            textcoords="offset points",
+        )
+    for i, (agent, entry) in enumerate(result["agents"].items()):
+        ax.scatter(entry["move_entropy"], entry["elo"], color=plt.cm.tab10(i % 10), s=40, marker="D")
+        ax.annotate(
+            agent,
+            (entry["move_entropy"], entry["elo"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("move entropy (nats, in positions the data reaches)")
+    ax.set_ylabel("Elo (random = 0)")
+    ax.set_title("connect four: strength against diversity (grey: players in the data)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], str]:
+    """The population, the agents and the probes, each a table, then the paragraph."""
+    lines = [
+        f"## {name}",
+        "",
+        f"Data: {result['data']['episodes']} games of a population of five players against a fixed reference "
+        f"opponent, each labelled with its player. Seed {result['seed']}.",
+        "",
+        "| player or agent | win rate | blunder rate | move entropy | KL to data | Elo |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(label: str, e: dict[str, Any]) -> str:
+        return (
+            f"| {label} | {e['win_rate']:.2f} | {e['blunder_rate']:.3f} | {e['move_entropy']:.2f} "
+            f"| {e['kl_to_data']:.2f} | {e['elo']:.0f} |"
+        )
+
+    lines += [row(f"player: {p}", e) for p, e in result["population"].items()]
+    lines += [row(a, e) for a, e in result["agents"].items()]
+    probes = result.get("probes", {})
+    if probes:
+        lines += [
+            "",
+            "Linear probes on the simulator's hidden states (held-out games; accuracy on held-out moves):",
+            "",
+            "| probe target | hidden states | raw board | chance |",
+            "|---|---|---|---|",
+            *(
+                f"| {target} | {p['hidden']:.2f} | {p['raw']:.2f} | {p['chance']:.2f} |"
+                for target, p in probes.items()
+                if isinstance(p, dict) and "hidden" in p
+            ),
+        ]
+    figure = f"figures/{name}_strength.png"
+    lines += [
+        "",
+        f"![{name}: Elo against move entropy]({figure})",
+        "",
+        connect_four_interpretation(result),
+        "",
+    ]
+    return lines, figure
+
+
+def connect_four_interpretation(result: dict[str, Any]) -> str:
+    """Simulator or agent, from the measured numbers: conditioned blunders, mode collapse, the probes."""
+    agents, population = result["agents"], result["population"]
+    parts = []
+    conditioned = [(a, e) for a, e in agents.items() if "label" in e]
+    if conditioned:
+        close = [
+            abs(e["blunder_rate"] - e["data_blunder_rate"]) <= 0.3 * max(e["data_blunder_rate"], 0.02)
+            for _, e in conditioned
+        ]
+        parts.append(
+            "Told which player it is, the imitator blundered at "
+            + ", ".join(
+                f"{e['blunder_rate']:.3f} as {e['label']} ({e['data_blunder_rate']:.3f})"
+                for _, e in conditioned
+            )
+            + (
+                ": it simulates whoever the context says is playing, mistakes included (seed 003)."
+                if sum(close) >= len(close) - 1
+                else ": at this budget it does not yet reproduce each player's mistakes."
+            )
+        )
+    mean_win = float(np.mean([p["win_rate"] for p in population.values()]))
+    for agent in ("dt", "edt"):
+        if agent in agents:
+            e = agents[agent]
+            parts.append(
+                f"{agent} won {e['win_rate']:.2f} of its games (the population's average {mean_win:.2f})."
+            )
+    if "rl" in agents:
+        rl = agents["rl"]
+        others = [e for a, e in agents.items() if a != "rl"]
+        collapsed = all(rl["move_entropy"] <= e["move_entropy"] for e in others) and all(
+            rl["kl_to_data"] >= e["kl_to_data"] for e in others
+        )
+        parts.append(
+            f"Fine-tuned to win, the policy won {rl['win_rate']:.2f} with move entropy {rl['move_entropy']:.2f} "
+            f"and KL to the data {rl['kl_to_data']:.2f}: "
+            + (
+                "one agent where there was a population, the distribution it simulated collapsed (seed 003)."
+                if collapsed
+                else "not the most collapsed of the agents at this budget."
+            )
+        )
+    player = result.get("probes", {}).get("player")
+    if player:
+        beats = player["hidden"] > player["raw"] and player["hidden"] > player["chance"] + 0.1
+        parts.append(
+            f"A linear probe reads the player from the hidden states with accuracy {player['hidden']:.2f} "
+            f"(raw board {player['raw']:.2f}, chance {player['chance']:.2f})"
+            + (
+                ": the simulator infers who is playing, evidence of an inner model of the agent (route 3)."
+                if beats
+                else "."
+            )
+        )
+    return " ".join(parts)
+
+
 def write_report(folder: Path, results: dict[str, Any]) -> None:
     testbeds = results["testbeds"]
     md = [
@@ -390,7 +621,9 @@ def write_report(folder: Path, results: dict[str, Any]) -> None:
         "",
         "Each agent's most frequent first choice and its share of episodes (✓: the choice theory makes "
         "for that decision rule at these parameters, ✗: not); for delusion boxes the self-delusion gap; "
-        "for control tasks the normalised score (0 random, 100 the best behaviour policy).",
+        "for control tasks the normalised score (0 random, 100 the best behaviour policy); for prophecy the "
+        "instrumentality index (0: forecasts, 1: steers its forecasts), for connect four the win rate "
+        "against the reference opponent and the Elo.",
         "",
         *headline_table(results),
         "",
@@ -403,6 +636,13 @@ def write_report(folder: Path, results: dict[str, Any]) -> None:
         if result.get("kind") == "control":
             lines, figure = control_section(name, result)
             control_figure(name, result, folder / figure)
+        elif result.get("kind") == "prophecy":
+            lines, figure = prophecy_section(name, result)
+            if result.get("sweep"):
+                index_figure(result, folder / figure)
+        elif result.get("kind") == "game":
+            lines, figure = connect_four_section(name, result)
+            strength_figure(result, folder / figure)
         else:
             lines, figure = decision_section(name, result)
             decision_figure(result, folder / figure)

@@ -27,12 +27,15 @@ import numpy as np
 from rich.console import Console
 
 from simagents.agents import evaluate, make_agent
+from simagents.agents.dt import DecisionTransformerAgent
 from simagents.data.collect import CollectConfig, collect, make_env
 from simagents.data.minari_io import load_dataset
 from simagents.envs import get_testbed
 from simagents.errors import SimagentsError
 from simagents.io import LOCK_NAME, atomic_write_json, atomic_write_text, hold_lock, read_json, to_dict
 from simagents.model import Simulator, SimulatorConfig
+from simagents.study.connect_four import run_connect_four
+from simagents.study.prophecy import run_prophecy
 from simagents.study.report import write_report
 from simagents.study.testbed import run_testbed
 from simagents.train import TrainConfig, train
@@ -56,6 +59,10 @@ class Profile:
     """Seeds per cell unless ``--seeds`` says otherwise; confidence intervals need two or more."""
     calibration_episodes: int
     """Episodes per prompted return for the Decision Transformer's calibration curve."""
+    prophecy_budget: str
+    """Budget of the Prophecy cell (a name in ``simagents.study.prophecy.BUDGETS``)."""
+    connect_four_budget: str
+    """Budget of the Connect Four cell (a name in ``simagents.study.connect_four.BUDGETS``)."""
 
 
 PROFILES = {
@@ -67,6 +74,8 @@ PROFILES = {
         testbed_budget="default",
         seeds=1,
         calibration_episodes=5,
+        prophecy_budget="default",
+        connect_four_budget="default",
     ),
     "full": Profile(
         episodes=1000,
@@ -76,6 +85,8 @@ PROFILES = {
         testbed_budget="default",
         seeds=3,
         calibration_episodes=10,
+        prophecy_budget="default",
+        connect_four_budget="default",
     ),
     "smoke": Profile(
         episodes=12,
@@ -85,6 +96,8 @@ PROFILES = {
         testbed_budget="smoke",
         seeds=1,
         calibration_episodes=1,
+        prophecy_budget="smoke",
+        connect_four_budget="smoke",
     ),
 }
 
@@ -92,6 +105,10 @@ CONTROL_AGENTS = ("imitation", "dt", "edt")
 DECISION_AGENTS = ("imitation", "dt", "edt", "cdt")
 # Prompts of the Decision Transformer's calibration curve: percentiles of the data's returns.
 DT_TARGETS = ("q10", "q50", "q90", "max")
+# Prophecy: the forecast moves the outcome one step later (delay 1), so how far an agent steers
+# its forecasts depends on how much it values later rewards; the sweep draws that curve.
+PROPHECY_PARAMS = {"delay": 1}
+PROPHECY_GAMMAS = (0.0, 0.5, 0.9, 0.99)
 
 
 def calibration(simulator: Simulator, env: gym.Env, episodes: int, seed: int) -> list[dict[str, Any]]:
@@ -99,11 +116,13 @@ def calibration(simulator: Simulator, env: gym.Env, episodes: int, seed: int) ->
     points = []
     for target in DT_TARGETS:
         agent = make_agent("dt", simulator, target=target)
+        if not isinstance(agent, DecisionTransformerAgent):
+            raise SimagentsError(f"calibration needs the built-in dt agent, got {type(agent).__name__}")
         returns = evaluate(agent, env, episodes, seed=20_000 + seed).returns
         points.append(
             {
                 "target": target,
-                "prompted": float(agent.initial_target),  # type: ignore[attr-defined]
+                "prompted": float(agent.initial_target),
                 "achieved": float(np.mean(returns)),
                 "std": float(np.std(returns)),
             }
@@ -184,6 +203,29 @@ def run_decision_cell(folder: Path, name: str, profile: Profile, seed: int, prog
     return results
 
 
+def run_prophecy_cell(folder: Path, profile: Profile, seed: int, progress: bool) -> dict[str, Any]:
+    """Prophecy with the discount swept: the instrumentality index of each agent against gamma."""
+    results = run_prophecy(
+        PROPHECY_PARAMS,
+        seed=seed,
+        out=folder,
+        budget=profile.prophecy_budget,
+        sweep={"gamma": list(PROPHECY_GAMMAS)},
+        progress=progress,
+    )
+    results["kind"] = "prophecy"
+    return results
+
+
+def run_connect_four_cell(folder: Path, profile: Profile, seed: int, progress: bool) -> dict[str, Any]:
+    """Connect Four: the simulated population of players against the agents made from it."""
+    results = run_connect_four(
+        {}, out=folder, budget=profile.connect_four_budget, seed=seed, progress=progress
+    )
+    results["kind"] = "game"
+    return results
+
+
 @dataclass(frozen=True)
 class Cell:
     """One testbed of the study: how to run it for a seed, and its rough relative cost (for the ETA)."""
@@ -208,6 +250,8 @@ CELLS: dict[str, Cell] = {
         name: Cell(_decision(name), cost=1.0, resumable=False)
         for name in ("newcomb", "twin_pd", "smoking_lesion", "delusion_boxes", "gamble")
     },
+    "prophecy": Cell(run_prophecy_cell, cost=3.0, resumable=False),
+    "connect_four": Cell(run_connect_four_cell, cost=5.0, resumable=False),
     "cartpole": Cell(_control("CartPole-v1"), cost=8.0, resumable=True),
     "doorkey": Cell(_control("simagents/DoorKey-5x5-v0"), cost=8.0, resumable=True),
 }
