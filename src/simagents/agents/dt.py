@@ -64,18 +64,18 @@ class DecisionTransformerAgent(SimulatorAgent):
 
     def choose(self) -> Tensor:
         if self.expert is not None:
-            self.target = self._expert_return()
+            self.target = self._expert_return(self.expert)
         h = self.context.push_return(self.target)
         self.step_records.append({"prompted_return": self.target})
         return self.sample_action(h, self.temperature)[0]
 
-    def _expert_return(self) -> float:
+    def _expert_return(self, kappa: float) -> float:
         """Sample R ∝ P(R | history) exp(κ R) from the value head at the current observation."""
         model = self.simulator
         h_obs = self.context.hidden()  # at o_t: the return token is not pushed yet
         log_p = torch.log_softmax(model.value_head(h_obs).reshape(-1), -1)
         bins = model.return_bins
         scaled = (bins - bins[0]) / (bins[-1] - bins[0])
-        weights = torch.softmax(log_p + float(self.expert) * scaled, -1)  # type: ignore[arg-type]
+        weights = torch.softmax(log_p + float(kappa) * scaled, -1)
         index = torch.multinomial(weights, 1, generator=self.generator)
         return float(bins[index])

@@ -203,8 +203,12 @@ class FirstPrediction:
         self.agent.reset(seed=seed)
         self._first = True
 
-    def act(self, observation: Any, reward: float = 0.0) -> Any:
-        action = self.agent.act(observation, reward)
+    def act(self, observation: Any, reward: float = 0.0, action_mask: np.ndarray | None = None) -> Any:
+        # Like evaluate: only a mask is passed on, so agents written before masks still run.
+        if action_mask is None:
+            action = self.agent.act(observation, reward)
+        else:
+            action = self.agent.act(observation, reward, action_mask=action_mask)
         if self._first:
             self._first = False
             self.predictions.append(self._predicted_reward())
@@ -230,7 +234,7 @@ def evaluate_agent(
     """``evaluate``'s summary plus first-step metrics: choice rates by name, predicted vs realised reward."""
     recorder = FirstStepRecorder(env)
     wrapped = FirstPrediction(agent)
-    summary: dict[str, Any] = evaluate(wrapped, recorder, episodes, seed=seed).summary()  # type: ignore[arg-type]
+    summary: dict[str, Any] = evaluate(wrapped, recorder, episodes, seed=seed).summary()
     firsts = [int(np.asarray(a)) for a in recorder.first_actions]
     counts = np.bincount(firsts, minlength=len(action_names))
     summary["choice_rates"] = {name: float(counts[i] / len(firsts)) for i, name in enumerate(action_names)}
