@@ -397,7 +397,7 @@ def probe_section(simulator: Simulator, heldout: list[Episode], seed: int) -> di
 
 def format_results(results: dict[str, Any]) -> str:
     """A compact table: per player and agent, outcomes, blunders, move statistics and Elo; the probes."""
-    rows = [("", "win", "draw", "loss", "blunder", "entropy", "KL", "Elo")]
+    rows: list[tuple[str, ...]] = [("", "win", "draw", "loss", "blunder", "entropy", "KL", "Elo")]
 
     def row(name: str, r: dict[str, Any]) -> tuple[str, ...]:
         cells = [r["win_rate"], r["draw_rate"], r["loss_rate"], r["blunder_rate"], r["move_entropy"]]

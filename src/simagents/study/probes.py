@@ -95,10 +95,10 @@ def fit_probe(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = F.cross_entropy(xs[0] @ weight + bias, ys[0]) + l2 * (weight**2).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         return loss
 
-    optimizer.step(closure)
+    optimizer.step(closure)  # type: ignore[no-untyped-call]  # torch leaves LBFGS.step unannotated
     with torch.no_grad():
         accuracy = [
             float(((x @ weight + bias).argmax(-1) == y).double().mean()) for x, y in zip(xs, ys, strict=True)
