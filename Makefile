@@ -29,9 +29,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest --runslow
 
+# ruff, then mypy --strict on the whole package (settings in pyproject.toml's [tool.mypy]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
