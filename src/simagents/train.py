@@ -9,6 +9,7 @@ Run folder::
     RUN/config.json          resolved TrainConfig
     RUN/command.txt          the command that made it
     RUN/metrics.jsonl        one JSON object per logged step: train/..., eval/...
+    RUN/data_cache/          the datasets as memory-mapped arrays (simagents.data.flat); rebuilt if deleted
     RUN/checkpoints/latest.json
     RUN/checkpoints/step_00001000/{model.safetensors, config.json, statistics.json,
                                    optimizer.safetensors, trainer.json}
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -35,6 +37,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from simagents.data.episodes import Episode
+from simagents.data.flat import FlatEpisodes, masked_chunks, prepare_cache
 from simagents.data.minari_io import Dataset, load_dataset
 from simagents.data.windows import WindowSampler
 from simagents.errors import SimagentsError
@@ -56,6 +59,7 @@ from simagents.model import (
 )
 
 OPTIMIZER_FILE = "optimizer.safetensors"
+CACHE_DIR = "data_cache"
 TRAINER_FILE = "trainer.json"
 
 
@@ -158,32 +162,40 @@ class TrainConfig:
                     )
 
 
-def fit_statistics(episodes: list[Episode], dataset: Dataset) -> Statistics:
-    """Normalisation from the training episodes; degenerate features get safe scales."""
+def fit_statistics(
+    flat: FlatEpisodes,
+    episodes: np.ndarray,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
+) -> Statistics:
+    """Normalisation from the training ``episodes`` (indices into ``flat``); degenerate features get
+    safe scales. Read a chunk at a time, so memory-mapped data larger than memory never sits in RAM."""
     obs_mean: list[float] = []
     obs_std: list[float] = []
     act_low: list[float] = []
     act_high: list[float] = []
-    if not isinstance(dataset.observation_space, gym.spaces.Discrete):
-        obs = np.concatenate([e.observations.reshape(len(e.observations), -1) for e in episodes]).astype(
-            np.float64
-        )
-        obs_mean = obs.mean(0).tolist()
-        obs_std = np.maximum(obs.std(0), 1e-3).tolist()
-    if not isinstance(dataset.action_space, gym.spaces.Discrete):
-        acts = np.concatenate([e.actions.reshape(len(e.actions), -1) for e in episodes])
-        low = np.asarray(dataset.action_space.low, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
-        high = np.asarray(dataset.action_space.high, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
+    steps = flat.rows(episodes)
+    if not isinstance(observation_space, gym.spaces.Discrete):
+        mean, std = _mean_std(masked_chunks(flat.observations, flat.rows(episodes, observations=True)))
+        obs_mean = mean.tolist()
+        obs_std = np.maximum(std, 1e-3).tolist()
+    if not isinstance(action_space, gym.spaces.Discrete):
+        chunks = list(
+            (part.min(0), part.max(0)) for part in masked_chunks(flat.actions, steps)
+        )  # per-chunk extremes: small
+        low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
+        high = np.asarray(action_space.high, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
         # Unbounded action spaces take their range from the data.
-        low = np.where(np.isfinite(low), low, acts.min(0))
-        high = np.where(np.isfinite(high), high, acts.max(0))
+        low = np.where(np.isfinite(low), low, np.min([c[0] for c in chunks], axis=0))
+        high = np.where(np.isfinite(high), high, np.max([c[1] for c in chunks], axis=0))
         high = np.where(high > low, high, low + 1.0)
         act_low, act_high = low.tolist(), high.tolist()
-    returns = np.concatenate([e.returns_to_go() for e in episodes])
-    lo, hi = float(returns.min()), float(returns.max())
+    lo, hi, scale = math.inf, -math.inf, 0.0
+    for part in masked_chunks(flat.returns_to_go, steps):
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    for part in masked_chunks(flat.rewards, steps):
+        scale = max(scale, float(np.abs(part).max()))
     margin = max(0.05 * (hi - lo), 1e-3)
-    rewards = np.concatenate([e.rewards for e in episodes])
-    scale = float(np.abs(rewards).max())
     return Statistics(
         obs_mean=obs_mean,
         obs_std=obs_std,
@@ -193,10 +205,26 @@ def fit_statistics(episodes: list[Episode], dataset: Dataset) -> Statistics:
         return_high=hi + margin,
         reward_scale=scale if scale > 0 else 1.0,
         episode_return_percentiles=np.percentile(
-            [e.episode_return for e in episodes], np.arange(0, 101, 5)
+            flat.episode_returns[episodes], np.arange(0, 101, 5)
         ).tolist(),
-        labels=sorted({e.policy for e in episodes if e.policy}),
+        labels=sorted({flat.policies[i] for i in np.unique(flat.policy_ids[episodes]) if flat.policies[i]}),
     )
+
+
+def _mean_std(chunks: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) standard deviation over row chunks, in float64, merging the
+    chunks' moments (Chan et al.) so that no chunk's rounding swamps another's."""
+    n, mean, m2 = 0, np.zeros(()), np.zeros(())
+    for part in chunks:
+        x = part.reshape(len(part), -1).astype(np.float64)
+        k, part_mean = len(x), x.mean(0)
+        part_m2 = ((x - part_mean) ** 2).sum(0)
+        delta = part_mean - mean
+        total = n + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + part_m2 + delta**2 * (n * k / total)
+        n = total
+    return mean, np.sqrt(m2 / max(n, 1))
 
 
 def load_training_data(refs: tuple[str, ...]) -> Dataset:
@@ -219,6 +247,23 @@ def load_training_data(refs: tuple[str, ...]) -> Dataset:
         offset = 1 + max((e.block for e in episodes), default=-1)
         episodes += [e if e.block < 0 else replace(e, block=e.block + offset) for e in d.episodes]
     return replace(first, episodes=episodes)
+
+
+def training_data(cfg: TrainConfig, parallel: DataParallel) -> tuple[Dataset, FlatEpisodes]:
+    """The training datasets, memory-mapped from RUN/data_cache (converted from their HDF5 on the
+    first run, reused while they are unchanged). Under torchrun rank 0 converts, the others wait."""
+    folder = cfg.out / CACHE_DIR
+    if parallel.world == 1:
+        return prepare_cache(cfg.data, folder)
+    import torch.distributed as dist
+
+    if parallel.writer:
+        try:
+            return prepare_cache(cfg.data, folder)
+        finally:
+            dist.barrier()
+    dist.barrier()
+    return prepare_cache(cfg.data, folder, build=False)
 
 
 def split_episodes(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,9 +328,12 @@ def evaluate_heldout(model: Simulator, sampler: WindowSampler, max_windows: int 
         "eval/episodes": float(n),
     }
     if model.act_discrete:
-        counts = np.bincount(
-            sampler.actions[sampler.interventions == 0] - model.act_start, minlength=model.act_dim
-        )
+        steps = sampler.flat.rows(sampler.episode_index)
+        counts = np.zeros(model.act_dim, dtype=np.int64)
+        for actions, flags in zip(
+            masked_chunks(sampler.actions, steps), masked_chunks(sampler.interventions, steps), strict=True
+        ):
+            counts += np.bincount(actions[~flags] - model.act_start, minlength=model.act_dim)
         freq = (counts + 1) / (counts.sum() + model.act_dim)
         chosen = batch["actions"][mask].numpy() - model.act_start
         metrics["eval/marginal_action_nll"] = float(-np.log(freq[chosen]).mean())
@@ -527,13 +575,11 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dataset = load_training_data(cfg.data)
-    train_idx, val_idx = split_episodes(len(dataset.episodes), cfg.validation_fraction, cfg.seed)
-    train_eps = [dataset.episodes[i] for i in train_idx]
-    val_eps = [dataset.episodes[i] for i in val_idx]
+    dataset, flat = training_data(cfg, parallel)
+    train_idx, val_idx = split_episodes(flat.n_episodes, cfg.validation_fraction, cfg.seed)
     model_cfg = cfg.model
     if model_cfg.max_timestep < 1:
-        model_cfg = replace(model_cfg, max_timestep=max(len(e) for e in dataset.episodes) + 1)
+        model_cfg = replace(model_cfg, max_timestep=int(flat.lengths.max()) + 1)
         cfg = replace(cfg, model=model_cfg)
     if resume:
         saved = from_dict(
@@ -555,7 +601,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         start_step = from_dict(TrainerState, read_json(trainer_file, "trainer state"), str(trainer_file)).step
     else:  # a fresh run, or one killed before its first checkpoint
         torch.manual_seed(cfg.seed)
-        stats = fit_statistics(train_eps, dataset)
+        stats = fit_statistics(flat, train_idx, dataset.observation_space, dataset.action_space)
         model = Simulator(model_cfg, dataset.observation_space, dataset.action_space, stats)
         optimizer = make_optimizer(model, cfg)
     log = None
@@ -564,12 +610,11 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         log = RunLog(cfg.out / "metrics.jsonl", start_step)
     parallel.wrap(model)
 
-    sampler = WindowSampler(train_eps, model_cfg.context_len)
+    sampler = WindowSampler.from_arrays(flat, model_cfg.context_len, train_idx)
     # Each training episode's label index (0, unknown, for an unlabelled one); see Simulator.label_index.
-    episode_labels = np.array(
-        [model.label_index(e.policy or None) if model_cfg.condition_on_label else 0 for e in train_eps]
-    )
-    val_sampler = WindowSampler(val_eps, model_cfg.context_len) if val_eps else None
+    label_of = [model.label_index(p or None) if model_cfg.condition_on_label else 0 for p in flat.policies]
+    episode_labels = np.array(label_of, dtype=np.int64)[flat.policy_ids[train_idx]]
+    val_sampler = WindowSampler.from_arrays(flat, model_cfg.context_len, val_idx) if len(val_idx) else None
     weights = to_dict(cfg.loss)
     tokens_per_step = cfg.batch_size * model_cfg.context_len * 4
     model.train()

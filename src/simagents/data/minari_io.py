@@ -33,7 +33,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,17 @@ def load_dataset(ref: str | Path) -> Dataset:
     >>> len(dataset), dataset.action_space
     (20, Discrete(2))
     """
+    dataset, _, stream = stream_dataset(ref)
+    return replace(dataset, episodes=list(stream))
+
+
+def stream_dataset(ref: str | Path) -> tuple[Dataset, np.ndarray, Iterator[Episode]]:
+    """Open a dataset for reading episode by episode, for data larger than memory.
+
+    Returns the dataset's description (``episodes`` empty), each episode's step count (n_episodes,)
+    int64, and a generator of its episodes, validated like :func:`load_dataset`'s, read lazily
+    from the HDF5 file: only the episode being read sits in memory.
+    """
     import minari
 
     register_simagents_envs()  # a dataset's env spec may name a simagents/... env
@@ -394,15 +405,16 @@ def load_dataset(ref: str | Path) -> Dataset:
     ours = metadata.get(META_KEY)
     if ours is not None:
         _check_our_metadata(ours, metadata_file)
-    episodes = _read_episodes(mds, main_file, obs_space, act_space, ours)
-    if not episodes:
+    lengths = _episode_lengths(mds.storage.total_episodes, main_file)
+    if not len(lengths):
         raise SimagentsError(f"{main_file} holds no episodes; collect data first")
 
     env_id = ours.get("env_id") if ours else None
     env_kwargs = dict(ours.get("env_kwargs") or {}) if ours else {}
     if ours is None and mds.env_spec is not None:
         env_id, env_kwargs = mds.env_spec.id, dict(mds.env_spec.kwargs)
-    return Dataset(episodes, obs_space, act_space, env_id=env_id, env_kwargs=env_kwargs, path=folder)
+    dataset = Dataset([], obs_space, act_space, env_id=env_id, env_kwargs=env_kwargs, path=folder)
+    return dataset, lengths, _read_episodes(mds, main_file, obs_space, act_space, ours)
 
 
 def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
@@ -432,18 +444,12 @@ def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
             )
 
 
-def _read_episodes(
-    mds: Any,
-    main_file: Path,
-    obs_space: gym.Space[Any],
-    act_space: gym.Space[Any],
-    ours: dict[str, Any] | None,
-) -> list[Episode]:
-    n = mds.storage.total_episodes
-    episodes: list[Episode] = []
+def _episode_lengths(n: int, main_file: Path) -> np.ndarray:
+    """Each episode's step count, (n,) int64, checking the file's structure on the way so that a
+    missing key is named instead of surfacing later as a KeyError."""
+    lengths = np.zeros(n, dtype=np.int64)
     current = "the file"
     try:
-        # Check the structure first so a missing key is named instead of surfacing as a KeyError.
         with h5py.File(main_file, "r") as f:
             for i in range(n):
                 current = f"episode {i}"
@@ -459,10 +465,37 @@ def _read_episodes(
                             f"{main_file} episode {i}: missing {key!r}; every episode needs "
                             f"{', '.join(_REQUIRED_KEYS)}"
                         )
+                rewards = group["rewards"]
+                # A malformed (e.g. scalar) rewards entry is named when the episode is read.
+                lengths[i] = rewards.shape[0] if isinstance(rewards, h5py.Dataset) and rewards.ndim else 0
+    except SimagentsError:
+        raise
+    except OSError as e:
+        raise SimagentsError(
+            f"{main_file}: cannot read {current} ({e}); the HDF5 file is truncated or corrupt, "
+            "re-create or re-download the dataset"
+        ) from None
+    except Exception as e:  # anything else h5py trips over is a malformed file
+        raise SimagentsError(
+            f"{main_file}: {current} is malformed ({type(e).__name__}: {e}); re-create the dataset"
+        ) from None
+    return lengths
+
+
+def _read_episodes(
+    mds: Any,
+    main_file: Path,
+    obs_space: gym.Space[Any],
+    act_space: gym.Space[Any],
+    ours: dict[str, Any] | None,
+) -> Iterator[Episode]:
+    n = mds.storage.total_episodes
+    current = "the file"
+    try:
         metas = list(mds.storage.get_episode_metadata(range(n)))
         for i, raw in enumerate(mds.storage.get_episodes(range(n))):
             current = f"episode {i}"
-            episodes.append(_to_episode(raw, metas[i], i, main_file, obs_space, act_space, ours))
+            yield _to_episode(raw, metas[i], i, main_file, obs_space, act_space, ours)
     except SimagentsError:
         raise
     except OSError as e:
@@ -474,7 +507,6 @@ def _read_episodes(
         raise SimagentsError(
             f"{main_file}: {current} is malformed ({type(e).__name__}: {e}); re-create the dataset"
         ) from None
-    return episodes
 
 
 def _to_episode(

@@ -1,6 +1,7 @@
 """The one window slicer: episodes -> fixed-length training windows.
 
-Episodes are concatenated into flat arrays once; a window is a gather of
+Episodes are concatenated into flat arrays once (:class:`~simagents.data.flat.FlatEpisodes`, in
+memory or memory-mapped from a converted cache for data larger than memory); a window is a gather of
 ``context_len`` consecutive steps of one episode, right-padded with a mask where
 the episode ends first. Right padding keeps causal attention exact: valid tokens
 never see padding. Episodes are drawn in proportion to their length and the
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from simagents.data.episodes import Episode
+from simagents.data.flat import FlatEpisodes
 
 
 class WindowSampler:
@@ -29,26 +31,36 @@ class WindowSampler:
     def __init__(self, episodes: Sequence[Episode], context_len: int) -> None:
         if not episodes:
             raise ValueError("WindowSampler needs at least one episode")
+        self._attach(FlatEpisodes.from_episodes(episodes), context_len, np.arange(len(episodes)))
+
+    @classmethod
+    def from_arrays(
+        cls, flat: FlatEpisodes, context_len: int, episodes: np.ndarray | None = None
+    ) -> WindowSampler:
+        """A sampler over ``episodes`` (indices into ``flat``; all by default) of flat arrays, in
+        memory or memory-mapped: windows are gathered from them as a batch needs them. Window
+        ``episode`` indices count within ``episodes``."""
+        chosen = np.arange(flat.n_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
+        if not len(chosen):
+            raise ValueError("WindowSampler needs at least one episode")
+        sampler = cls.__new__(cls)
+        sampler._attach(flat, context_len, chosen)
+        return sampler
+
+    def _attach(self, flat: FlatEpisodes, context_len: int, episodes: np.ndarray) -> None:
         self.context_len = context_len
-        self.lengths = np.array([len(e) for e in episodes], dtype=np.int64)  # (E,)
-        self.step_offsets = np.concatenate(
-            [[0], np.cumsum(self.lengths)[:-1]]
-        )  # start of each episode's steps
-        self.obs_offsets = self.step_offsets + np.arange(len(episodes))  # episodes have T+1 observations
-
-        def flat(name: str) -> np.ndarray:
-            return np.concatenate([getattr(e, name) for e in episodes])
-
-        obs = flat("observations")
-        acts = flat("actions")
-        # Box spaces are flattened to vectors; Discrete stay scalar indices.
-        self.observations = obs if obs.ndim == 1 else obs.reshape(len(obs), -1)
-        self.actions = acts if acts.ndim == 1 else acts.reshape(len(acts), -1)
-        self.rewards = flat("rewards").astype(np.float32)
-        self.terminations = flat("terminations")
-        self.interventions = flat("interventions")
-        self.returns_to_go = np.concatenate([e.returns_to_go() for e in episodes])
-        self.units = _sampling_units(np.array([e.block for e in episodes], dtype=np.int64))
+        self.flat = flat
+        self.episode_index = episodes  # (E,) this sampler's episodes in flat
+        self.lengths = flat.lengths[episodes]  # (E,)
+        self.step_offsets = flat.step_offsets[episodes]  # start of each episode's steps
+        self.obs_offsets = self.step_offsets + episodes  # episodes have T+1 observations
+        self.observations = flat.observations
+        self.actions = flat.actions
+        self.rewards = flat.rewards
+        self.terminations = flat.terminations
+        self.interventions = flat.interventions
+        self.returns_to_go = flat.returns_to_go
+        self.units = _sampling_units(flat.blocks[episodes])
         if self.units is not None:  # units are drawn in proportion to their steps
             unit_steps = np.where(self.units >= 0, self.lengths[self.units], 0).sum(axis=1)
             self.unit_p = unit_steps / unit_steps.sum()
@@ -61,7 +73,7 @@ class WindowSampler:
         """``batch_size`` windows; episodes weighted by length, start uniform within the episode.
 
         With blocks, whole blocks are drawn (weighted by their steps) from one start, until the
-        batch is full; only the last block drawn may be cut short. ``draw`` (B,) numbers the
+        batch is full; the last block drawn, if cut short, is masked out (no loss on it). ``draw`` (B,) numbers the
         draws: windows of one block share it, so per-window choices made downstream (the return
         dropout) can be made per block and keep the block's comparison paired.
         """
@@ -79,7 +91,12 @@ class WindowSampler:
         keep = episode >= 0
         episode, start, draw = episode[keep][:batch_size], start[keep][:batch_size], draw[keep][:batch_size]
         # Members of one block may differ in length: start no later than each one's last step.
-        return {**self.windows(episode, np.minimum(start, self.lengths[episode] - 1)), "draw": draw}
+        windows = self.windows(episode, np.minimum(start, self.lengths[episode] - 1))
+        # A block cut short by the batch's end would be an unpaired sample: mask it out.
+        last = draw == draw[-1]
+        if last.sum() < (members[unit[draw[-1]]] >= 0).sum():
+            windows["mask"][last] = False
+        return {**windows, "draw": draw}
 
     def windows(self, episode: np.ndarray, start: np.ndarray) -> dict[str, np.ndarray]:
         """Windows of the given episodes from the given steps. Arrays are (B, K, ...)."""
