@@ -76,3 +76,18 @@ def test_cli_dispatches_to_the_connect_four_runner(
     assert code == 2 and "no player 'nobody'" in capsys.readouterr().err
     code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--param", "opponent_depth=99"])
     assert code == 2 and "opponent_depth must be between 1 and 8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_label_sets_the_strength_imitation_plays_at(tmp_path: Path) -> None:
+    """The issue's 'what must show', where the default budget reaches it: conditioned on the weakest
+    player's label, imitation blunders more than on the strongest's, as the players themselves do;
+    the player probe on the hidden states beats chance by a wide margin."""
+    agents = ["imitation[random]", "imitation[expert]"]
+    results = run_connect_four(out=tmp_path / "run", budget="default", agents=agents)
+    weak, strong = (results["agents"][name] for name in agents)
+    assert weak["data_blunder_rate"] > strong["data_blunder_rate"]
+    assert weak["blunder_rate"] > strong["blunder_rate"] + 0.03
+    assert weak["move_entropy"] > strong["move_entropy"]
+    probe = results["probes"]["player"]
+    assert probe["hidden"] > probe["chance"] + 0.15

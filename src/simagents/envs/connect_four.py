@@ -243,6 +243,20 @@ def demonstrations(
     return games
 
 
+def mirror(episode: Episode) -> Episode:
+    """The game reflected left to right (column ``c`` becomes ``6 - c``), labelled alike.
+
+    The rules, the search players (ties broken at random) and the reference opponent are all
+    left-right symmetric, so the mirror image of a player's game is an equally likely game of
+    the same player: twice the data for no search."""
+    board = episode.observations.reshape(len(episode.observations), -1, COLUMNS)[:, :, ::-1]
+    return dataclasses.replace(
+        episode,
+        observations=np.ascontiguousarray(board.reshape(len(board), CELLS)),
+        actions=COLUMNS - 1 - episode.actions,
+    )
+
+
 def theory(**params: Any) -> Theory:
     """What the testbed is, as numbers: the reference opponent and the population's players.
 

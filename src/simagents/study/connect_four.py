@@ -4,7 +4,8 @@
 
 1. draws games of the five players of :data:`~simagents.envs.connect_four.POPULATION`
    against the reference opponent (the env's own, ``params``), each labelled with its
-   player, and saves them as a Minari dataset, ``DIR/data/observational``; a second,
+   player, adds their mirror images (``mirror``) and saves them as a Minari dataset,
+   ``DIR/data/observational``; a second,
    held-out set of games (another seed) measures the players and trains the probes;
 2. trains ONE simulator on the data with label conditioning (``DIR/simulator``);
 3. builds each agent from it and plays it against the reference opponent and, for its
@@ -53,7 +54,7 @@ from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
 from simagents.data.minari_io import check_can_write, save_dataset
 from simagents.envs import get_testbed
-from simagents.envs.connect_four import POPULATION, ConnectFourEnv, demonstrations
+from simagents.envs.connect_four import POPULATION, ConnectFourEnv, demonstrations, mirror
 from simagents.envs.connect_four_metrics import (
     Move,
     blunder_rate,
@@ -83,6 +84,9 @@ class ConnectFourBudget:
     """Training games (equal shares of the five players)."""
     heldout_episodes: int = 500
     """Held-out games (another seed): the players' own figures and the probes."""
+    mirror: bool = True
+    """Train on each game and its mirror image (:func:`~simagents.envs.connect_four.mirror`, an
+    equally likely game of the same player): twice the data for no search."""
     steps: int = 1000
     """Training steps of the simulator."""
     batch_size: int = 64
@@ -265,6 +269,8 @@ def _run(
     tick = time.perf_counter()
     games = demonstrations(params, budget.episodes, np.random.default_rng([seed, 0]))
     heldout = demonstrations(params, budget.heldout_episodes, np.random.default_rng([seed, 1]))
+    if budget.mirror:
+        games += [mirror(game) for game in games]
     env = ConnectFourEnv(**params)
     path = save_dataset(
         games,
@@ -273,7 +279,7 @@ def _run(
         action_space=env.action_space,
         env_id=testbed.env_id,
         env_kwargs=params,
-        description=f"connect_four: {budget.episodes} games of the population (simagents testbed)",
+        description=f"connect_four: {len(games)} games of the population (simagents testbed)",
     )
     data_moves = moves_of_episodes(games)
     timings["data_s"] = time.perf_counter() - tick

@@ -1,0 +1,19 @@
+"""The mirror image of a Connect Four game is a legal game of the same player."""
+
+import numpy as np
+
+from simagents.envs.connect_four import demonstrations, mirror, position_from_observation
+
+
+def test_mirror_reflects_columns_and_keeps_the_game_legal() -> None:
+    games = demonstrations(None, 10, np.random.default_rng(0))
+    for game in games:
+        image = mirror(game)
+        assert image.policy == game.policy and image.episode_return == game.episode_return
+        np.testing.assert_array_equal(image.actions, 6 - game.actions)
+        np.testing.assert_array_equal(mirror(image).observations, game.observations)
+        for t in range(len(image)):
+            board = image.observations[t].reshape(6, 7)
+            np.testing.assert_array_equal(board, game.observations[t].reshape(6, 7)[:, ::-1])
+            assert int(image.actions[t]) in position_from_observation(image.observations[t]).legal_moves()
+    assert any(not np.array_equal(mirror(g).actions, g.actions) for g in games)
