@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,14 @@ def test_every_public_name_resolves_and_nothing_else_is_public():
     namespace: dict[str, Any] = {}
     exec("from simagents import *", namespace)
     assert sorted(k for k in namespace if k != "__builtins__") == sorted(simagents.__all__)
+    # Nor as an attribute: besides __all__ only subpackages (simagents.data, ...) lack an underscore.
+    stray = {
+        k
+        for k, v in vars(simagents).items()
+        if not k.startswith("_")
+        and not (isinstance(v, types.ModuleType) and v.__name__.startswith("simagents."))
+    }
+    assert stray <= set(simagents.__all__), f"public by accident: {sorted(stray - set(simagents.__all__))}"
 
 
 def test_the_function_train_survives_importing_the_module_train():

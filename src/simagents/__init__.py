@@ -22,14 +22,14 @@ one call here, with the same typed config dataclasses::
 in ``docs/``. Names load on first use, so ``import simagents`` stays cheap.
 """
 
-from __future__ import annotations
+# The module's own tools carry a leading underscore so that ``simagents.sys`` and the like are
+# not public by accident: the public names are exactly ``__all__``.
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import typing as _typing
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the real objects, for type checkers and IDEs; at run time they load lazily
+if _typing.TYPE_CHECKING:  # the real objects, for type checkers and IDEs; at run time they load lazily
     from simagents.agents import Agent, SimulatorAgent, evaluate, make_agent, register_agent
     from simagents.data.collect import CollectConfig, collect
     from simagents.data.minari_io import load_dataset
@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     """The package module, kept from losing a public name to a submodule of the same name.
 
     Importing ``simagents.train`` (the module) makes Python set the package attribute ``train``
@@ -94,9 +94,9 @@ class _Package(types.ModuleType):
     the module is still ``from simagents.train import ...`` (that reads ``sys.modules``).
     """
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: _typing.Any) -> None:
         if (
-            isinstance(value, types.ModuleType)
+            isinstance(value, _types.ModuleType)
             and name in _EXPORTS
             and value.__name__ == f"{__name__}.{name}"
         ):
@@ -104,14 +104,14 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'simagents' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
