@@ -222,7 +222,7 @@ def _convert(staging: Path, streams: list[tuple[np.ndarray, Iterator[Episode]]])
     n_episodes = sum(len(lengths) for lengths, _ in streams)
     n_steps = int(sum(int(lengths.sum()) for lengths, _ in streams))
     policy_index: dict[str, int] = {}
-    files: dict[str, np.ndarray] = {}
+    files: dict[str, np.memmap[Any, np.dtype[Any]]] = {}
     cursor = {"episode": 0, "step": 0, "obs": 0}
     next_block = 0  # block ids are per dataset: shift them so that two datasets' blocks stay apart
 
