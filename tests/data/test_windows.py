@@ -117,7 +117,7 @@ def test_draw_numbers_the_blocks_so_dropout_can_keep_pairs_together():
     assert len(np.unique(w["draw"][~blocked])) == int((~blocked).sum())  # singletons: one draw each
     cfg = TrainConfig(data=("unused",), out="unused", batch_size=300, return_dropout=0.5)
     batch = training_batch(sampler, cfg, step=7)
-    known, episode, draw = batch["return_known"].numpy(), batch["episode"].numpy(), batch["draw"].numpy()
+    known, draw = batch["return_known"].numpy(), batch["draw"].numpy()
     for d in np.unique(draw):  # one dropout coin per draw: partners hide their returns together
         assert len(set(known[draw == d])) == 1
     assert 0.3 < known.mean() < 0.7
