@@ -52,6 +52,9 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         assert all(0 <= probe[k] <= 1 for k in ("hidden", "raw", "chance"))
         assert probe["test_steps"] > 0
     assert results["data"]["labels"] == sorted(POPULATION)
+    for player in POPULATION:  # nats per move: at most about log 7 for a barely trained simulator
+        assert 0 < results["label_nll"][player]["own_label"] < 3
+        assert 0 < results["label_nll"][player]["unknown_label"] < 3
     assert (out / "simulator").is_dir() and (out / "rl" / "model.safetensors").is_file()
 
 

@@ -28,7 +28,8 @@
    average of each), ``agents.<name>`` (``win_rate``, ``draw_rate``, ``loss_rate``,
    ``mean_return``, ``blunder_rate``, ``missed_win_rate``, ``losing_move_rate``,
    ``move_entropy``, ``kl_to_data``, ``elo``, ``score_vs_<player>``; a conditioned imitator
-   also ``label`` and ``data_blunder_rate``, its player's), ``probes``, ``data``,
+   also ``label`` and ``data_blunder_rate``, its player's), ``probes``, ``label_nll`` (per
+   player, nats per held-out move under its own label and under the unknown one), ``data``,
    ``budget`` and ``timings``.
 
 Move entropy and KL to the data are measured in the positions that both the agent's games
@@ -340,6 +341,7 @@ def _run(
 
     tick = time.perf_counter()
     probes = probe_section(simulator, heldout, seed)
+    imitation_nll = label_nll(simulator, heldout)
     timings["probes_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - start
 
@@ -355,6 +357,7 @@ def _run(
         },
         "agents": results_per_agent,
         "probes": probes,
+        "label_nll": imitation_nll,
         "data": {
             "path": str(path),
             "episodes": len(games),
@@ -385,6 +388,34 @@ def population_figures(
             **move_statistics(mine, data_moves),
             "elo": ratings[name],
         }
+    return out
+
+
+@torch.no_grad()
+def label_nll(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[str, float]]:
+    """Per player: the mean negative log-likelihood (nats per move) of its held-out moves under
+    the simulator's policy with its own label in the context, and with the label unknown."""
+    out = {}
+    for name in POPULATION:
+        games = [e for e in heldout if e.policy == name]
+        total = {"own_label": 0.0, "unknown_label": 0.0}
+        for game in games:
+            T = len(game)
+            batch = {
+                "observations": torch.as_tensor(game.observations[:T])[None],
+                "returns_to_go": torch.zeros(1, T),
+                "return_known": torch.tensor([False]),
+                "actions": torch.as_tensor(game.actions)[None],
+                "interventions": torch.zeros(1, T, dtype=torch.bool),
+                "rewards": torch.as_tensor(game.rewards)[None],
+                "timesteps": torch.arange(T)[None],
+            }
+            for key, label in (("own_label", name), ("unknown_label", None)):
+                labels = torch.tensor([simulator.label_index(label)])
+                h = simulator({**batch, "label": labels})["return"]
+                total[key] -= float(simulator.action_log_prob(h, batch["actions"]).sum())
+        moves = sum(len(g) for g in games)
+        out[name] = {key: value / max(moves, 1) for key, value in total.items()}
     return out
 
 
