@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from simagents.errors import SimagentsError
 from simagents.study.report import headline_cell
@@ -89,3 +90,25 @@ def test_headline_marks_agreement_with_theory(choice: str, mark: str):
     }
     result["agents"]["edt"]["choice_rates"][choice] = 0.9
     assert headline_cell(result, "edt") == f"{choice} 0.90 {mark}"
+
+
+def test_cells_in_two_worker_processes_give_the_serial_results(tmp_path: Path):
+    # Workers run one torch thread each; the serial run here too, since a matmul split over more
+    # threads sums in another order (last-bit differences, not a different study).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cells = ["gamble", "cartpole"]
+    try:
+        serial = run_study(profile="smoke", out=tmp_path / "serial", progress=False, only=cells)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = run_study(profile="smoke", out=tmp_path / "parallel", progress=False, only=cells, workers=2)
+
+    def comparable(folder: Path) -> dict:
+        # Wall-clock timings differ between any two runs, and data paths name their study folder.
+        text = (folder / "results.json").read_text().replace(str(folder), "STUDY")
+        return json.loads(text, object_hook=lambda d: {k: v for k, v in d.items() if k != "timings"})
+
+    assert comparable(parallel) == comparable(serial)
+    for cell in cells:  # each cell saved as it finished, for resume
+        assert (parallel / "cells" / cell / "seed0" / "cell.json").is_file()

@@ -94,6 +94,7 @@ def eval_command(
     seed: int = 0,
     option: tuple[str, ...] = (),
     out: Path | None = None,
+    workers: int = 1,
 ) -> None:
     """Build an agent from a trained simulator and evaluate it in an env.
 
@@ -105,6 +106,8 @@ def eval_command(
         seed: First episode's seed.
         option: Agent options as key=value, e.g. target=max, temperature=0.5, candidates=32.
         out: Write the JSON result here instead of only printing it.
+        workers: Play episodes in this many worker processes (one torch thread each); the result
+            equals a serial run's with one torch thread.
     """
     from simagents.agents import evaluate, make_agent
     from simagents.data.collect import make_env
@@ -116,7 +119,9 @@ def eval_command(
     decision_procedure = make_agent(agent, simulator, **options)
     environment = make_env(env)
     check_env_spaces(simulator.observation_space, simulator.action_space, environment, str(run))
-    result = evaluate(decision_procedure, environment, episodes, seed, progress=sys.stderr.isatty())
+    result = evaluate(
+        decision_procedure, environment, episodes, seed, progress=sys.stderr.isatty(), workers=workers
+    )
     report = {
         "run": str(run),
         "agent": agent,
@@ -168,6 +173,7 @@ def study_command(
     resume: bool = False,
     seeds: int | None = None,
     only: str = "",
+    workers: int = 1,
 ) -> None:
     """Run the study: collect data, train simulators, build every agent, evaluate, write a report.
 
@@ -179,6 +185,8 @@ def study_command(
         resume: Finish an interrupted study in --out, skipping its finished cells.
         seeds: Number of seeds per cell (default: the profile's).
         only: Comma-separated cells to run, e.g. newcomb,cartpole (default: all).
+        workers: Run this many cells at a time in worker processes (one torch thread each); the
+            results equal a serial run's with one torch thread.
     """
     from simagents.study.run import run_study
 
@@ -191,6 +199,7 @@ def study_command(
         resume=resume,
         seeds=seeds,
         only=names or None,
+        workers=workers,
     )
     print(f"wrote {folder}/report.md")
 

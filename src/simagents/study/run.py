@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import multiprocessing
 import shlex
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -299,6 +301,18 @@ def over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return {"seeds": [r["seed"] for r in per_seed], "agents": agents}
 
 
+def _run_cell(name: str, folder: Path, budget: Profile, seed: int, progress: bool = False) -> dict[str, Any]:
+    """One cell (in this process or a worker's: a module-level function, so it can be sent there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return CELLS[name].run(folder, budget, seed, progress)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # workers share the cores: one thread each
+
+
 def _eta(done: float, total: float, elapsed: float) -> str:
     if done <= 0:
         return "estimating"
@@ -314,8 +328,12 @@ def run_study(
     resume: bool = False,
     seeds: int | None = None,
     only: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Run every cell of the study and write results.json, report.md, report.html and figures/.
+
+    ``workers`` > 1 runs that many cells at a time in worker processes (one torch thread each),
+    with the same results as a serial run with one torch thread.
 
     Example (seconds: the smoke profile learns nothing)::
 
@@ -331,11 +349,13 @@ def run_study(
     n_seeds = budget.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise SimagentsError(f"--seeds {n_seeds}: need at least one seed")
+    if workers < 1:
+        raise SimagentsError(f"--workers {workers}: must be at least 1")
     names = select_cells(only)
     seed_list = [seed + i for i in range(n_seeds)]
     folder = out or Path("runs") / f"{dt.date.today().isoformat()}-{profile}"
     with hold_lock(folder, "study"):
-        return _run_study(folder, profile, budget, seed_list, names, progress, resume)
+        return _run_study(folder, profile, budget, seed_list, names, progress, resume, workers)
 
 
 def _run_study(
@@ -346,6 +366,7 @@ def _run_study(
     names: list[str],
     progress: bool,
     resume: bool,
+    workers: int = 1,
 ) -> Path:
     config = {"profile": profile, "seeds": seed_list, "cells": names, "budget": to_dict(budget)}
     if any(p.name != LOCK_NAME for p in folder.iterdir()):
@@ -366,27 +387,52 @@ def _run_study(
     jobs = [(name, s) for name in names for s in seed_list]
     total = sum(CELLS[name].cost for name, _ in jobs)
     done, spent, start = 0.0, 0.0, time.perf_counter()
-    per_cell: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    cell_results: dict[tuple[str, int], dict[str, Any]] = {}
+    todo: list[tuple[int, str, int, Path]] = []
     for index, (name, cell_seed) in enumerate(jobs, 1):
         cell_folder = folder / "cells" / name / f"seed{cell_seed}"
-        finished = cell_folder / "cell.json"
-        if finished.is_file():
-            per_cell[name].append(read_json(finished, "cell results"))
+        if (cell_folder / "cell.json").is_file():
+            cell_results[name, cell_seed] = read_json(cell_folder / "cell.json", "cell results")
             total -= CELLS[name].cost  # reused: not part of this run's ETA
             continue
-        if progress:
-            console.rule(f"[{index}/{len(jobs)}] {name}, seed {cell_seed} · study {_eta(done, total, spent)}")
         if cell_folder.exists() and not CELLS[name].resumable:
             shutil.rmtree(cell_folder)  # interrupted before it finished: start it again
-        cell_folder.mkdir(parents=True, exist_ok=True)
+        todo.append((index, name, cell_seed, cell_folder))
+    parallel = workers > 1 and len(todo) > 1
+    if parallel:
+        # Cells in worker processes, one torch thread each; each cell is seeded by its own seed
+        # alone, so results equal a serial one-thread run's. A finished cell is saved at once (resume keeps it).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            min(workers, len(todo)), mp_context=context, initializer=_one_thread
+        ) as pool:
+            futures = {
+                pool.submit(_run_cell, name, cell_folder, budget, cell_seed): (name, cell_seed, cell_folder)
+                for _, name, cell_seed, cell_folder in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    name, cell_seed, cell_folder = futures[future]
+                    cell_results[name, cell_seed] = future.result()
+                    atomic_write_json(cell_folder / "cell.json", cell_results[name, cell_seed])
+                    done += CELLS[name].cost
+                    if progress:
+                        elapsed = time.perf_counter() - start
+                        console.rule(f"{name}, seed {cell_seed} done · study {_eta(done, total, elapsed)}")
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    for index, name, cell_seed, cell_folder in [] if parallel else todo:
+        if progress:
+            console.rule(f"[{index}/{len(jobs)}] {name}, seed {cell_seed} · study {_eta(done, total, spent)}")
         tick = time.perf_counter()
-        result = CELLS[name].run(cell_folder, budget, cell_seed, progress)
-        atomic_write_json(finished, result)
-        per_cell[name].append(result)
+        cell_results[name, cell_seed] = _run_cell(name, cell_folder, budget, cell_seed, progress)
+        atomic_write_json(cell_folder / "cell.json", cell_results[name, cell_seed])
         spent += time.perf_counter() - tick
         done += CELLS[name].cost
     if progress:
         console.rule(f"study done in {(time.perf_counter() - start) / 60:.1f} min")
+    per_cell = {name: [cell_results[name, s] for s in seed_list] for name in names}
 
     results: dict[str, Any] = {"version": 1, "profile": profile, "seeds": seed_list, "testbeds": {}}
     for name, per_seed in per_cell.items():
