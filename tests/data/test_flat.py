@@ -9,7 +9,7 @@ import torch
 
 from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, random_episode
 from simagents.data import flat as flat_module
-from simagents.data.flat import FlatEpisodes, prepare_cache
+from simagents.data.flat import MANIFEST, FlatEpisodes, prepare_cache
 from simagents.data.minari_io import save_dataset
 from simagents.data.windows import WindowSampler
 from simagents.train import TrainConfig, fit_statistics, load_training_data, split_episodes, training_batch
@@ -92,6 +92,12 @@ def test_the_cache_is_reused_while_its_source_is_unchanged_and_rebuilt_when_it_c
     expected = FlatEpisodes.from_episodes(load_training_data((ref,)).episodes)
     assert rebuilt.n_episodes == 9
     np.testing.assert_array_equal(rebuilt.observations, expected.observations)
+
+    # A conversion killed midway left its staging folder: the next one clears it away.
+    (tmp_path / ".cache.partial-killed").mkdir()
+    (cache / MANIFEST).unlink()
+    _, rebuilt = prepare_cache((ref,), cache)
+    assert not (tmp_path / ".cache.partial-killed").exists()
 
     # A damaged array file (a crash, a full disk) is converted again, not read.
     (cache / "rewards.npy").write_bytes((cache / "rewards.npy").read_bytes()[:-8])

@@ -144,6 +144,12 @@ def prepare_cache(refs: Sequence[str], folder: Path, build: bool = True) -> tupl
             raise SimagentsError(f"{folder}: the data cache is missing or out of date; let rank 0 build it")
         lock = folder.parent / f".{folder.name}{LOCK_NAME}"
         with hold_lock(folder, "data cache", lock_file=lock):
+            # Leftovers of a conversion killed midway (no one else converts while we hold the lock).
+            for stale in [
+                *folder.parent.glob(f".{folder.name}.partial-*"),
+                *folder.parent.glob(f".{folder.name}.old-*"),
+            ]:
+                shutil.rmtree(stale, ignore_errors=True)
             _build_cache(folder, sources, [(lengths, episodes) for _, lengths, episodes in streams])
         flat = _open_cache(folder, sources)
         if flat is None:  # only if the files changed under us while converting
