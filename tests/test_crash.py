@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +99,55 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights_and_metrics(data: Pa
     assert 0 < first < second < STEPS
     assert weights_hash(run) == weights_hash(reference)
     assert (run / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+
+
+STUDY = ["study", "--profile", "smoke", "--only", "gamble,twin_pd,cartpole"]
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_study_then_resume_gives_the_uninterrupted_results(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    done = subprocess.run(
+        [sys.executable, "-m", "simagents.cli", *STUDY, "--out", str(reference)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simagents.cli", *STUDY, "--out", str(killed)], stderr=subprocess.DEVNULL
+    )
+    first_cell = killed / "cells" / "gamble" / "seed0" / "cell.json"
+    deadline = time.monotonic() + 300
+    while not first_cell.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # into the next cell: its folder is half written when the kill lands
+    process.kill()
+    process.wait()
+    assert process.returncode == -9, "the study must be killed before it ends"
+    assert not (killed / "results.json").exists()
+
+    finish = subprocess.run(
+        [sys.executable, "-m", "simagents.cli", *STUDY, "--out", str(killed), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finish.returncode == 0, finish.stderr
+
+    def text(folder: Path, path: str) -> Any:
+        """The results but their wall-clock timings, with the run folder's own path written <out>."""
+
+        def strip(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: strip(v) for k, v in value.items() if k != "timings"}
+            return [strip(v) for v in value] if isinstance(value, list) else value
+
+        return strip(json.loads((folder / path).read_text().replace(str(folder), "<out>")))
+
+    assert text(killed, "results.json") == text(reference, "results.json")
+    for cell in ("gamble", "twin_pd", "cartpole"):
+        path = f"cells/{cell}/seed0/cell.json"
+        assert text(killed, path) == text(reference, path)
