@@ -81,21 +81,25 @@ OUTCOMES = ("loss", "draw", "win")
 class ConnectFourBudget:
     """How much data, training, fine-tuning and evaluation one Connect Four run gets."""
 
-    episodes: int = 2000
+    episodes: int = 1500
     """Training games (equal shares of the five players)."""
-    heldout_episodes: int = 500
+    heldout_episodes: int = 400
     """Held-out games (another seed): the players' own figures and the probes."""
     mirror: bool = True
     """Train on each game and its mirror image (:func:`~simagents.envs.connect_four.mirror`, an
     equally likely game of the same player): twice the data for no search."""
     steps: int = 1000
-    """Training steps of the simulator."""
+    """Training steps of the simulator (held-out action NLL at width 128: 1.64 nats after 500
+    steps, 1.55 after 1000, still falling)."""
     batch_size: int = 64
     """Windows (whole games) per training step."""
     lr: float = 1e-3
     """Peak learning rate of the simulator."""
-    n_embd: int = 64
-    """Simulator width."""
+    n_embd: int = 128
+    """Simulator width. Measured on these games (held-out action NLL, unconditioned): width 128
+    with 4 heads reached 1.64 nats in 500 steps, width 64 with one head 1.71 (4 heads: 1.69)."""
+    n_head: int = 4
+    """Attention heads per block."""
     n_layer: int = 2
     """Simulator depth; the context holds a whole game."""
     n_return_bins: int = 21
@@ -128,6 +132,7 @@ BUDGETS = {
         steps=60,
         batch_size=32,
         n_embd=32,
+        n_head=2,
         n_layer=1,
         eval_games=10,
         elo_games=2,
@@ -298,6 +303,7 @@ def _run(
             context_len=max(len(e) for e in games + heldout),
             n_embd=budget.n_embd,
             n_layer=budget.n_layer,
+            n_head=budget.n_head,
             n_return_bins=budget.n_return_bins,
             condition_on_label=True,
         ),
