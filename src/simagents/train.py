@@ -179,12 +179,12 @@ def fit_statistics(
         mean, std = _mean_std(masked_chunks(flat.observations, flat.rows(episodes, observations=True)))
         obs_mean = mean.tolist()
         obs_std = np.maximum(std, 1e-3).tolist()
-    if not isinstance(action_space, gym.spaces.Discrete):
+    if isinstance(action_space, gym.spaces.Box):  # load_dataset admits only Discrete and Box
         chunks = list(
             (part.min(0), part.max(0)) for part in masked_chunks(flat.actions, steps)
         )  # per-chunk extremes: small
-        low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
-        high = np.asarray(action_space.high, dtype=np.float64).reshape(-1)  # type: ignore[attr-defined]
+        low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)
+        high = np.asarray(action_space.high, dtype=np.float64).reshape(-1)
         # Unbounded action spaces take their range from the data.
         low = np.where(np.isfinite(low), low, np.min([c[0] for c in chunks], axis=0))
         high = np.where(np.isfinite(high), high, np.max([c[1] for c in chunks], axis=0))
