@@ -7,7 +7,7 @@ import torch
 from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, DISCRETE_OBS, random_episode, tiny_model
 from simagents.data.windows import WindowSampler
 from simagents.errors import SimagentsError
-from simagents.model import Context, Simulator, as_model_input
+from simagents.model import Context, Simulator, SimulatorConfig, Statistics, as_model_input
 
 SPACES = [(BOX_OBS, DISCRETE_ACT), (DISCRETE_OBS, BOX_ACT)]
 
@@ -155,3 +155,82 @@ def test_unknown_config_key_and_missing_folder_are_clear_errors(tmp_path: Path):
         Simulator.load(tmp_path / "ckpt")
     with pytest.raises(SimagentsError, match="no such run"):
         Simulator.load(tmp_path / "missing")
+
+
+def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
+    """Label conditioning on, weights large enough that a wrong term would show above 1e-5."""
+    torch.manual_seed(7)
+    obs_dim = 0 if obs_space is DISCRETE_OBS else 3
+    act_dim = 0 if act_space is DISCRETE_ACT else 2
+    stats = Statistics(
+        obs_mean=[0.1] * obs_dim,
+        obs_std=[0.9] * obs_dim,
+        act_low=[-2.0] * act_dim,
+        act_high=[2.0] * act_dim,
+        return_low=-5.0,
+        return_high=5.0,
+        reward_scale=2.0,
+        episode_return_percentiles=np.linspace(-3, 3, 21).tolist(),
+        labels=["a", "b"],
+    )
+    cfg = SimulatorConfig(
+        context_len=3, n_embd=16, n_layer=3, n_head=n_head, max_timestep=5, condition_on_label=True
+    )
+    model = Simulator(cfg, obs_space, act_space, stats).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@pytest.mark.parametrize("n_head", [1, 2])
+@torch.no_grad()
+def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
+    """Context's decoder (batched embeddings, in-place KV buffer, masked attention over all slots,
+    candidates in scratch slots) gives the training forward's numbers, with a label, past the
+    last timestep embedding, across refills, and after the weights change in place."""
+    model = labelled_model(obs_space, act_space, n_head)
+    episode = random_episode(np.random.default_rng(8), 9, obs_space, act_space)
+    rtg = episode.returns_to_go()
+
+    def forward(start: int, stop: int, actions=None) -> dict[str, torch.Tensor]:
+        sampler = WindowSampler([episode], stop - start)
+        windows = sampler.windows(np.array([0]), np.array([start]))
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+        batch["return_known"] = torch.tensor([True])
+        batch["label"] = torch.tensor([2])  # "b"
+        if actions is not None:  # one window per candidate, the last action replaced
+            n = actions.shape[0]
+            batch = {k: v.expand(n, *v.shape[1:]).clone() for k, v in batch.items()}
+            batch["actions"][:, -1] = actions
+        return model(batch)
+
+    for perturbed in (False, True):
+        if perturbed:  # in place, as an optimiser step would: a new Context must see it
+            for p in model.parameters():
+                p.add_(0.05)
+        ctx = Context(model, label="b")
+        for t in range(len(episode)):
+            ctx.push_observation(as_model_input(episode.observations[t], obs_space))
+            h_obs = ctx.hidden()
+            h_return = ctx.push_return(float(rtg[t]))
+            held = ctx.held_steps
+            full = forward(t - held + 1, t + 1)
+            torch.testing.assert_close(h_obs[0], full["obs"][0, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h_return[0], full["return"][0, -1], atol=1e-5, rtol=1e-5)
+            if act_space is DISCRETE_ACT:
+                candidates = torch.arange(act_space.n)
+            else:
+                candidates = torch.from_numpy(
+                    np.random.default_rng(t).uniform(-2, 2, (4, 2)).astype(np.float32)
+                )
+            flag = bool(episode.interventions[t])
+            scored = ctx.evaluate_actions(candidates, flag)
+            batch_actions = forward(t - held + 1, t + 1, candidates)
+            expected = model.expected_return(model.action_value_head(batch_actions["action"][:, -1]))
+            torch.testing.assert_close(scored.expected_return, expected, atol=1e-5, rtol=1e-5)
+            ctx.push_action(as_model_input(episode.actions[t], act_space), flag)
+            torch.testing.assert_close(ctx.hidden()[0], full["action"][0, -1], atol=1e-5, rtol=1e-5)
+            ctx.push_reward(float(episode.rewards[t]))
+            torch.testing.assert_close(ctx.hidden()[0], full["reward"][0, -1], atol=1e-5, rtol=1e-5)

@@ -686,6 +686,124 @@ class ActionEvaluation:
     reward: Tensor  # (N,) predicted immediate reward
 
 
+class _DecodeWeights:
+    """The weights :class:`Context` decodes with, laid out for few and fast torch calls.
+
+    Token embeddings become one ``embedding_bag`` (each token sums 4 rows of one table: its
+    timestep, its label, its type's bias or discrete content, and the action flag or a zero row)
+    plus one ``addmm`` of the continuous features (normalised observation, scaled return,
+    normalised action, scaled reward; zero where a token has none) by their stacked weights.
+    Linear weights are kept transposed and contiguous: ``addmm`` on them takes about 6 us on a
+    few rows where ``F.linear`` on the (out, in) layout takes about 10. These are copies, shared
+    by the model's Contexts: :meth:`refresh` rebuilds them when a parameter they copy changed in
+    place (an optimiser step, ``load_state_dict``). Biases and layer norms are used as they are."""
+
+    def __init__(self, model: Simulator) -> None:
+        self.model = model
+        d = model.cfg.n_embd
+        self.time_rows = model.cfg.max_timestep
+        self.label_row = self.time_rows  # + label index
+        n_labels = 0 if model.label_embed is None else model.label_embed.num_embeddings
+        self.unknown_row = self.label_row + max(n_labels, 1)
+        self.flag_row = self.unknown_row + 1
+        self.obs_row = self.flag_row + 2  # the observation's bias row, or its first content row (Discrete)
+        self.act_row = self.obs_row + (model.obs_dim if model.obs_discrete else 1)
+        self.return_row = self.act_row + (model.act_dim if model.act_discrete else 1)
+        self.reward_row = self.return_row + 1
+        self.zero_row = self.reward_row + 1
+        # continuous feature columns
+        self.obs_col = 0
+        self.return_col = 0 if model.obs_discrete else model.obs_dim
+        self.act_col = self.return_col + 1
+        self.reward_col = self.act_col + (0 if model.act_discrete else model.act_dim)
+        self.n_features = self.reward_col + 1
+        self.d = d
+        stats = model.stats
+        self.obs_mean = np.asarray(stats.obs_mean, dtype=np.float32)
+        self.obs_std = np.asarray(stats.obs_std, dtype=np.float32)
+        self.act_low = np.asarray(stats.act_low, dtype=np.float32)
+        self.act_span = np.asarray(stats.act_high, dtype=np.float32) - self.act_low
+        self.return_mid = np.float32(0.5 * (stats.return_low + stats.return_high))
+        self.return_half = np.float32(0.5 * (stats.return_high - stats.return_low))
+        embeddings = [model.time_embed, model.label_embed, model.intervention_embed, model.obs_embed]
+        embeddings += [model.act_embed, model.return_embed, model.reward_embed]
+        self.sources = [p for m in embeddings if m is not None for p in m.parameters()]
+        self.sources.append(model.unknown_return)
+        for block in model.blocks:
+            linears = (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2])
+            self.sources += [linear.weight for linear in linears]
+        self.eps = [(b.ln1.eps, b.ln2.eps) for b in model.blocks]
+        self.versions: tuple[int, ...] = ()
+        self.table = torch.empty(0)
+        self.features_weight = torch.empty(0)
+        # Per layer: ln1 w, b; qkv w^T, b; proj w^T, b; ln2 w, b; fc w^T, b; out w^T, b
+        self.layers: list[tuple[Tensor, ...]] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the copies if a parameter they copy has changed since they were built."""
+        versions = tuple(p._version for p in self.sources)
+        if versions == self.versions:
+            return
+        model, d = self.model, self.d
+        with torch.no_grad():
+
+            def rows(module: nn.Module, discrete: bool) -> Tensor:
+                weight: Tensor = module.weight if discrete else module.bias.unsqueeze(0)
+                return weight.detach()
+
+            labels = model.label_embed.weight.detach() if model.label_embed is not None else torch.zeros(1, d)
+            self.table = torch.cat(
+                [
+                    model.time_embed.weight.detach(),
+                    labels,
+                    model.unknown_return.detach().unsqueeze(0),
+                    model.intervention_embed.weight.detach(),
+                    rows(model.obs_embed, model.obs_discrete),
+                    rows(model.act_embed, model.act_discrete),
+                    model.return_embed.bias.detach().unsqueeze(0),
+                    model.reward_embed.bias.detach().unsqueeze(0),
+                    torch.zeros(1, d),
+                ]
+            )
+            columns = [] if model.obs_discrete else [model.obs_embed.weight.detach().t()]
+            columns.append(model.return_embed.weight.detach().t())
+            if not model.act_discrete:
+                columns.append(model.act_embed.weight.detach().t())
+            columns.append(model.reward_embed.weight.detach().t())
+            self.features_weight = torch.cat(columns).contiguous()  # (n_features, d)
+
+            def transposed(linear: nn.Module) -> tuple[Tensor, Tensor]:
+                weight: Tensor = linear.weight
+                bias: Tensor = linear.bias
+                return weight.detach().t().contiguous(), bias.detach()
+
+            self.layers = []
+            for b in model.blocks:
+                self.layers.append(
+                    (
+                        b.ln1.weight.detach(),
+                        b.ln1.bias.detach(),
+                        *transposed(b.attn.qkv),
+                        *transposed(b.attn.proj),
+                        b.ln2.weight.detach(),
+                        b.ln2.bias.detach(),
+                        *transposed(b.mlp[0]),
+                        *transposed(b.mlp[2]),
+                    )
+                )
+        self.versions = versions
+
+
+def _decode_weights(model: Simulator) -> _DecodeWeights:
+    """The model's :class:`_DecodeWeights`, built once and shared by its Contexts."""
+    weights: _DecodeWeights | None = model.__dict__.get("_decode_weights")
+    if weights is None or weights.model is not model:
+        weights = _DecodeWeights(model)
+        model.__dict__["_decode_weights"] = weights
+    return weights
+
+
 class Context:
     """One episode's history, decoded step by step through a KV cache.
 
@@ -698,89 +816,216 @@ class Context:
 
     ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
     the simulator to continue the episode as that policy; None leaves it unknown.
+
+    At batch 1 an ``act`` is bound by the number of torch calls, not by arithmetic, so this
+    decoder is written for few of them (about 70 per ``dt`` action at 3 layers, from about 160
+    through the modules): the tokens waiting are embedded together (one ``embedding_bag`` and
+    one ``addmm``, :class:`_DecodeWeights`); the keys and values of each layer are written in
+    place into one preallocated buffer and every query attends to all of its slots through one
+    ``scaled_dot_product_attention`` with a cached boolean mask (slots not yet written are
+    masked), so no call depends on how full the cache is; candidates of
+    :meth:`evaluate_actions` sit in scratch slots after the history, each seeing the history
+    and itself; the final layer norm runs only on the positions read.
     """
 
     def __init__(self, model: Simulator, label: str | None = None) -> None:
         self.model = model
-        # (1,) the episode's label index (None: unknown); SimagentsError for a label not in the data
-        self.label = torch.tensor([model.label_index(label)]) if label is not None else None
-        self.max_tokens = TOKENS_PER_STEP * model.cfg.context_len
-        self.cache = KVCache(model.cfg, batch=1, max_tokens=self.max_tokens)
-        self.embeddings: list[Tensor] = []  # (1,1,d) per token in the cache, kept for refills
-        self.pending: list[Tensor] = []  # (1,1,d) per token pushed but not yet run
+        self.weights = _decode_weights(model)
+        index = model.label_index(label)  # SimagentsError for a label not in the data
+        self.label = torch.tensor([index]) if label is not None else None  # (1,) or None: unknown
+        self.label_row = self.weights.label_row + index if model.label_embed is not None else None
+        cfg = model.cfg
+        self.max_tokens = TOKENS_PER_STEP * cfg.context_len
+        self.length = 0  # tokens in the cache
+        self.embeddings = torch.zeros(self.max_tokens, cfg.n_embd)  # of the cached tokens, for refills
+        self._allocate(self.max_tokens + 1)
+        self.pending_rows: list[list[int]] = []  # per pending token: its 4 table rows
+        self.pending_features: list[tuple[int, np.ndarray | float]] = []  # (column, values), per token
         self.last_hidden: Tensor | None = None
         self.timestep = -1
-        self._time_cache: tuple[int, Tensor] | None = None  # (timestep, its embedding (1,1,d))
+
+    def _allocate(self, slots: int) -> None:
+        """(Re)allocate the per-layer key-value buffer for ``slots`` tokens, keeping its content."""
+        cfg = self.model.cfg
+        C, H = cfg.n_embd, cfg.n_head
+        kv = torch.zeros(cfg.n_layer, slots, 2 * C)  # keys [..., :C], values [..., C:], heads as in qkv
+        if hasattr(self, "kv"):
+            kv[:, : self.kv.shape[1]] = self.kv
+        self.kv = kv
+        self.slots = slots
+        # (slots, 2C) per layer; indexing, not unbind: its views may not be written under grad mode
+        self.kv_layers = [kv[layer] for layer in range(cfg.n_layer)]
+        self.keys = [z[:, :C].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]  # (H,slots,hd)
+        self.values = [z[:, C:].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]
+        self.keys_t = [z[:, :C].t() for z in self.kv_layers]  # (C,slots), for one head
+        self.values_2d = [z[:, C:] for z in self.kv_layers]  # (slots,C)
+        self._masks: dict[tuple[int, int, bool], Tensor] = {}
+
+    def _mask(self, start: int, n: int, candidates: bool) -> Tensor:
+        """(n, slots) additive attention mask, 0 where seen and -inf elsewhere: token i at slot
+        start+i sees slots < start, and itself (candidates) or the new tokens up to itself (a
+        committed run). Built once per shape and reused."""
+        key = (start, n, candidates)
+        mask = self._masks.get(key)
+        if mask is None:
+            seen = torch.zeros(n, self.slots, dtype=torch.bool)
+            seen[:, :start] = True
+            new = torch.eye(n, dtype=torch.bool) if candidates else torch.ones(n, n, dtype=torch.bool).tril()
+            seen[:, start : start + n] = new
+            mask = torch.zeros(n, self.slots).masked_fill_(~seen, -math.inf)
+            self._masks[key] = mask
+        return mask
+
+    def _run(self, x: Tensor, candidates: bool = False) -> Tensor:
+        """Embeddings (n,d) at slots length.. -> last-layer states before the final norm.
+
+        Candidates: every row (n,d), nothing kept. Committed runs: the last row only (1,d), since
+        only the last token's state is ever read; the last layer computes its query, attention
+        and MLP for that row alone. Their keys and values stay in the cache; the caller advances
+        ``length``."""
+        n, C = x.shape
+        H = self.model.cfg.n_head
+        start = self.length
+        if start + n > self.slots:
+            self._allocate(start + n)
+        mask = self._mask(start, n, candidates)
+        scale = (C // H) ** -0.5
+        last = len(self.weights.layers) - 1
+        for layer, (w1, b1, wqkv, bqkv, wp, bp, w2, b2, wfc, bfc, wout, bout) in enumerate(
+            self.weights.layers
+        ):
+            eps1, eps2 = self.weights.eps[layer]
+            qkv = torch.addmm(bqkv, F.layer_norm(x, (C,), w1, b1, eps1), wqkv)  # (n,3C)
+            self.kv_layers[layer].narrow(0, start, n).copy_(qkv[:, C:])
+            if layer == last and not candidates and n > 1:
+                qkv, x, mask = qkv[-1:], x[-1:], mask[-1:]
+            if H == 1:  # (rows,C) x (C,slots): the keys' transposed view, no copy
+                scores = torch.addmm(mask, qkv[:, :C], self.keys_t[layer], alpha=scale)
+                y = torch.mm(torch.softmax(scores, -1), self.values_2d[layer])
+            else:
+                rows = x.shape[0]
+                q = qkv[:, :C].view(rows, H, C // H).transpose(0, 1)  # (H,rows,hd)
+                scores = torch.baddbmm(mask, q, self.keys[layer].transpose(1, 2), alpha=scale)
+                y = torch.bmm(torch.softmax(scores, -1), self.values[layer]).transpose(0, 1).reshape(rows, C)
+            x = torch.addmm(bp, y, wp).add_(x)
+            h = F.gelu(torch.addmm(bfc, F.layer_norm(x, (C,), w2, b2, eps2), wfc))
+            x = torch.addmm(bout, h, wout).add_(x)
+        return x
+
+    def _final_norm(self, x: Tensor) -> Tensor:
+        ln = self.model.ln_f
+        return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
+
+    def _embed(self, rows: list[list[int]], features: list[tuple[int, np.ndarray | float]]) -> Tensor:
+        """Token rows and continuous features -> embeddings (n,d)."""
+        weights = self.weights
+        weights.refresh()
+        x = np.zeros((len(rows), weights.n_features), dtype=np.float32)
+        for i, (column, values) in enumerate(features):
+            if column >= 0:
+                values = np.asarray(values, dtype=np.float32).reshape(-1)
+                x[i, column : column + values.shape[0]] = values
+        bag = F.embedding_bag(torch.tensor(rows), weights.table, mode="sum")
+        return torch.addmm(bag, torch.from_numpy(x), weights.features_weight)
+
+    def _push(
+        self, content_row: int, column: int, values: np.ndarray | float, extra_row: int | None = None
+    ) -> None:
+        w = self.weights
+        time_row = min(max(self.timestep, 0), w.time_rows - 1)
+        label = self.label_row if self.label_row is not None else w.zero_row
+        self.pending_rows.append(
+            [time_row, label, content_row, w.zero_row if extra_row is None else extra_row]
+        )
+        self.pending_features.append((column, values))
 
     def hidden(self) -> Tensor:
         """Run the pending tokens; the hidden state at the last token pushed (1,d)."""
-        if not self.pending:
+        if not self.pending_rows:
             if self.last_hidden is None:
                 raise RuntimeError("nothing pushed yet")
             return self.last_hidden
-        tokens = self.embeddings + self.pending
-        n = len(self.pending)
-        self.pending = []
-        if self.cache.length + n <= self.max_tokens:
-            self.embeddings = tokens
-            h = self.model.transform(torch.cat(tokens[-n:], dim=1), self.cache)
+        new = self._embed(self.pending_rows, self.pending_features)
+        self.pending_rows, self.pending_features = [], []
+        n = new.shape[0]
+        if self.length + n <= self.max_tokens:
+            self.embeddings.narrow(0, self.length, n).copy_(new)
+            x = self._run(new)
+            self.length += n
         else:  # keep the newest whole steps (and the step begun), rebuild the cache from them
+            tokens = torch.cat([self.embeddings[: self.length], new])
             keep_steps = self.model.cfg.context_len // 2
-            partial = len(tokens) % TOKENS_PER_STEP
-            self.embeddings = tokens[max(len(tokens) - partial - TOKENS_PER_STEP * keep_steps, 0) :]
-            self.cache.length = 0
-            h = self.model.transform(torch.cat(self.embeddings, dim=1), self.cache)
-        self.last_hidden = h[:, -1]
+            partial = tokens.shape[0] % TOKENS_PER_STEP
+            kept = tokens[max(tokens.shape[0] - partial - TOKENS_PER_STEP * keep_steps, 0) :]
+            if kept.shape[0] > self.embeddings.shape[0]:
+                self.embeddings = torch.zeros_like(kept)
+            self.embeddings[: kept.shape[0]] = kept
+            self.length = 0
+            x = self._run(kept)
+            self.length = kept.shape[0]
+        self.last_hidden = self._final_norm(x)
         return self.last_hidden
 
     @property
     def held_steps(self) -> int:
         """Timesteps (whole or begun) whose tokens the cache holds after the pending ones run."""
         self.hidden()
-        return -(-len(self.embeddings) // TOKENS_PER_STEP)
-
-    def time_token(self) -> Tensor:
-        """The current timestep's embedding (1,1,d), looked up once for its four tokens."""
-        if self._time_cache is None or self._time_cache[0] != self.timestep:
-            self._time_cache = (self.timestep, self.model._time(torch.tensor([[self.timestep]]), self.label))
-        return self._time_cache[1]
+        return -(-self.length // TOKENS_PER_STEP)
 
     def push_observation(self, obs: Tensor) -> None:
         """Start a new timestep with its observation: (obs_dim,) floats or a scalar index."""
         self.timestep += 1
-        content = self.model._observation_content(obs.reshape(1, 1, *obs.shape))
-        self.pending.append(content + self.time_token())
+        model, w = self.model, self.weights
+        if model.obs_discrete:
+            self._push(w.obs_row + int(obs) - model.obs_start, -1, 0.0)
+        else:
+            normalised = ((obs.detach().numpy().reshape(-1) - w.obs_mean) / w.obs_std).clip(-10, 10)
+            self._push(w.obs_row, w.obs_col, normalised)
 
     def push_return(self, target: float | None) -> Tensor:
         """Return-to-go token (None: unknown); returns the hidden state at R_t (1,d), the policy's input."""
-        if target is None:  # the unknown token itself: what _return_content selects for known=False
-            content: Tensor = self.model.unknown_return
+        w = self.weights
+        if target is None:
+            self._push(w.unknown_row, -1, 0.0)
         else:
-            content = self.model._return_content(torch.tensor([[float(target)]]), torch.tensor([[True]]))
-        self.pending.append(content + self.time_token())
+            self._push(w.return_row, w.return_col, (np.float32(target) - w.return_mid) / w.return_half)
         return self.hidden()
 
-    def _action_tokens(self, actions: Tensor, intervention: bool) -> Tensor:
-        n = actions.shape[0]
-        flags = torch.full((n, 1), intervention)
-        content = self.model._action_content(actions.reshape(n, 1, *actions.shape[1:]), flags)
-        return content + self.time_token()  # (n,1,d)
+    def _action_rows(self, actions: Tensor, intervention: bool) -> tuple[list[list[int]], np.ndarray | None]:
+        """Actions (n,) or (n,act_dim) -> their table rows and normalised features (Box; else None)."""
+        model, w = self.model, self.weights
+        time_row = min(max(self.timestep, 0), w.time_rows - 1)
+        label = self.label_row if self.label_row is not None else w.zero_row
+        flag = w.flag_row + int(intervention)
+        if model.act_discrete:
+            indices = (actions.reshape(-1) - model.act_start).tolist()
+            return [[time_row, label, w.act_row + int(a), flag] for a in indices], None
+        values = actions.detach().numpy().reshape(actions.shape[0], -1).astype(np.float32)
+        normalised = 2 * (values - w.act_low) / w.act_span - 1
+        return [[time_row, label, w.act_row, flag]] * actions.shape[0], normalised
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
         """The action taken, as evidence (False) or as an intervention (True)."""
-        self.pending.append(self._action_tokens(action.reshape(1, *action.shape), intervention))
+        rows, features = self._action_rows(action.reshape(1, *action.shape), intervention)
+        self.pending_rows.append(rows[0])
+        self.pending_features.append((-1, 0.0) if features is None else (self.weights.act_col, features[0]))
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""
-        self.pending.append(self.model._reward_content(torch.tensor([[float(reward)]])) + self.time_token())
+        w = self.weights
+        self._push(w.reward_row, w.reward_col, np.float32(reward) / np.float32(self.model.stats.reward_scale))
 
     def evaluate_actions(self, candidates: Tensor, intervention: bool) -> ActionEvaluation:
         """Score N candidate actions (N,) or (N,act_dim) as one batch on the shared cached prefix.
 
         Call after push_return; nothing is stored."""
         self.hidden()
-        tokens = self._action_tokens(candidates, intervention)
-        h = self.model.transform(tokens, self.cache, commit=False)[:, -1]  # (N,d)
+        rows, features = self._action_rows(candidates, intervention)
+        col = self.weights.act_col
+        listed: list[tuple[int, np.ndarray | float]] = (
+            [(-1, 0.0)] * len(rows) if features is None else [(col, f) for f in features]
+        )
+        h = self._final_norm(self._run(self._embed(rows, listed), candidates=True))  # (N,d)
         logits = self.model.action_value_head(h)
         return ActionEvaluation(logits, self.model.expected_return(logits), self.model.predicted_reward(h))
 
@@ -791,10 +1036,11 @@ class Context:
         rollout may look past the ``context_len`` window the model was trained on (by at most
         ``extra_tokens``). Rollouts are scratch for planning; the Context keeps its own window."""
         self.hidden()
-        length = self.cache.length
+        length = self.length
         cache = KVCache(self.model.cfg, batch=n, max_tokens=length + extra_tokens)
-        cache.k[:, :, :, :length] = self.cache.k[:, :, :, :length]  # (layers,1,H,L,hd) -> batch n
-        cache.v[:, :, :, :length] = self.cache.v[:, :, :, :length]
+        for layer in range(self.model.cfg.n_layer):  # (1,H,L,hd) -> batch n
+            cache.k[layer, :, :, :length] = self.keys[layer][:, :length]
+            cache.v[layer, :, :, :length] = self.values[layer][:, :length]
         cache.length = length
         return Rollout(self.model, cache, self.timestep, self.label)
 

@@ -46,11 +46,11 @@ def test_horizon_one_score_is_reward_plus_value_at_the_predicted_observation(obs
         agent = make_agent(name, model, candidates=6, horizon=1)
         agent.reset(seed=3)
         ctx = Context(model)
+        taken_steps: list[tuple[object, torch.Tensor | None]] = []  # per step: observation, action taken
         for _ in range(5):
             obs = random_obs(rng, obs_space)
             ctx.push_observation(as_model_input(obs, obs_space))
             h = ctx.push_return(None)
-            tokens = list(ctx.embeddings)  # the whole history: the window is not full yet
             generator = torch.Generator()
             generator.set_state(agent.generator.get_state())  # the agent's next candidates
             candidates = candidates_for(model, h, act_space, generator)
@@ -58,8 +58,12 @@ def test_horizon_one_score_is_reward_plus_value_at_the_predicted_observation(obs
             for i, candidate in enumerate(candidates):
                 # Independently: a fresh context, the same tokens, then a, r, o one by one.
                 fresh = Context(model)
-                fresh.timestep = ctx.timestep
-                fresh.pending = list(tokens)
+                for seen, taken in [*taken_steps, (obs, None)]:  # the whole history: the window is not full
+                    fresh.push_observation(as_model_input(seen, obs_space))
+                    fresh.push_return(None)
+                    if taken is not None:
+                        fresh.push_action(taken, flag)
+                        fresh.push_reward(0.5)
                 fresh.push_action(candidate, flag)
                 reward = model.predicted_reward(fresh.hidden())[0]
                 fresh.push_reward(float(reward))
@@ -84,6 +88,7 @@ def test_horizon_one_score_is_reward_plus_value_at_the_predicted_observation(obs
                 torch.testing.assert_close(chosen, best.to(chosen.dtype), atol=1e-5, rtol=1e-5)
             ctx.push_action(chosen, flag)
             ctx.push_reward(0.5)
+            taken_steps.append((obs, chosen))
 
 
 def history(model, obs_space, act_space, steps: int) -> Context:
@@ -182,7 +187,7 @@ def test_rollout_is_scratch_and_bounded():
         rollout.push_actions(torch.arange(2), False)
         with pytest.raises(RuntimeError, match="allocated"):
             rollout.push_rewards(torch.zeros(2))
-        assert ctx.cache.length == 2
+        assert ctx.length == 2  # the context's own cache is unchanged
     with pytest.raises(Exception, match="horizon"):
         make_agent("edt", model, horizon=-1)
     with pytest.raises(Exception, match="beam"):
