@@ -229,10 +229,27 @@ class Block(nn.Module):
         )
         self.dropout = cfg.dropout
 
+    def linears(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """qkv, proj and the MLP's two layers, typed (indexing ``mlp`` gives a plain Module)."""
+        fc, out = self.mlp[0], self.mlp[2]
+        if not isinstance(fc, nn.Linear) or not isinstance(out, nn.Linear):
+            raise TypeError("Block.mlp is Linear, GELU, Linear")
+        return self.attn.qkv, self.attn.proj, fc, out
+
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, commit: bool = True) -> Tensor:
         x = x + self.attn(self.ln1(x), cache, layer, commit)
         y = self.mlp(self.ln2(x))
         return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
+
+
+def typed_blocks(model: Simulator) -> list[Block]:
+    """``model.blocks`` as Blocks: iterating a ModuleList gives a type checker plain Modules."""
+    blocks = []
+    for block in model.blocks:
+        if not isinstance(block, Block):
+            raise TypeError(f"Simulator.blocks holds {type(block).__name__}, not Block")
+        blocks.append(block)
+    return blocks
 
 
 def shared_prefix_attention(q: Tensor, k: Tensor, v: Tensor, past_k: Tensor, past_v: Tensor) -> Tensor:
@@ -727,12 +744,11 @@ class _DecodeWeights:
         self.return_half = np.float32(0.5 * (stats.return_high - stats.return_low))
         embeddings = [model.time_embed, model.label_embed, model.intervention_embed, model.obs_embed]
         embeddings += [model.act_embed, model.return_embed, model.reward_embed]
-        self.sources = [p for m in embeddings if m is not None for p in m.parameters()]
+        self.sources: list[Tensor] = [p for m in embeddings if m is not None for p in m.parameters()]
         self.sources.append(model.unknown_return)
-        for block in model.blocks:
-            linears = (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2])
-            self.sources += [linear.weight for linear in linears]
-        self.eps = [(b.ln1.eps, b.ln2.eps) for b in model.blocks]
+        for block in typed_blocks(model):
+            self.sources += [linear.weight for linear in block.linears()]
+        self.eps = [(b.ln1.eps, b.ln2.eps) for b in typed_blocks(model)]
         self.versions: tuple[int, ...] = ()
         self.table = torch.empty(0)
         self.features_weight = torch.empty(0)
@@ -749,8 +765,11 @@ class _DecodeWeights:
         with torch.no_grad():
 
             def rows(module: nn.Module, discrete: bool) -> Tensor:
-                weight: Tensor = module.weight if discrete else module.bias.unsqueeze(0)
-                return weight.detach()
+                if discrete and isinstance(module, nn.Embedding):
+                    return module.weight.detach()
+                if not discrete and isinstance(module, nn.Linear):
+                    return module.bias.unsqueeze(0).detach()
+                raise TypeError(f"a {'discrete' if discrete else 'continuous'} token embeds with {module}")
 
             labels = model.label_embed.weight.detach() if model.label_embed is not None else torch.zeros(1, d)
             self.table = torch.cat(
@@ -773,23 +792,22 @@ class _DecodeWeights:
             columns.append(model.reward_embed.weight.detach().t())
             self.features_weight = torch.cat(columns).contiguous()  # (n_features, d)
 
-            def transposed(linear: nn.Module) -> tuple[Tensor, Tensor]:
-                weight: Tensor = linear.weight
-                bias: Tensor = linear.bias
-                return weight.detach().t().contiguous(), bias.detach()
+            def transposed(linear: nn.Linear) -> tuple[Tensor, Tensor]:
+                return linear.weight.detach().t().contiguous(), linear.bias.detach()
 
             self.layers = []
-            for b in model.blocks:
+            for b in typed_blocks(model):
+                qkv, proj, fc, out = b.linears()
                 self.layers.append(
                     (
                         b.ln1.weight.detach(),
                         b.ln1.bias.detach(),
-                        *transposed(b.attn.qkv),
-                        *transposed(b.attn.proj),
+                        *transposed(qkv),
+                        *transposed(proj),
                         b.ln2.weight.detach(),
                         b.ln2.bias.detach(),
-                        *transposed(b.mlp[0]),
-                        *transposed(b.mlp[2]),
+                        *transposed(fc),
+                        *transposed(out),
                     )
                 )
         self.versions = versions
@@ -802,6 +820,10 @@ def _decode_weights(model: Simulator) -> _DecodeWeights:
         weights = _DecodeWeights(model)
         model.__dict__["_decode_weights"] = weights
     return weights
+
+
+# Scaled continuous features of a pending token: a vector, or one value (a float32 scalar or 0.0).
+_Features = np.ndarray | np.float32 | float
 
 
 class Context:
@@ -828,6 +850,8 @@ class Context:
     and itself; the final layer norm runs only on the positions read.
     """
 
+    kv: Tensor  # the key-value buffer; set (and on growth read) by _allocate
+
     def __init__(self, model: Simulator, label: str | None = None) -> None:
         self.model = model
         self.weights = _decode_weights(model)
@@ -840,7 +864,7 @@ class Context:
         self.embeddings = torch.zeros(self.max_tokens, cfg.n_embd)  # of the cached tokens, for refills
         self._allocate(self.max_tokens + 1)
         self.pending_rows: list[list[int]] = []  # per pending token: its 4 table rows
-        self.pending_features: list[tuple[int, np.ndarray | float]] = []  # (column, values), per token
+        self.pending_features: list[tuple[int, _Features]] = []  # (column, values), per token
         self.last_hidden: Tensor | None = None
         self.timestep = -1
 
@@ -916,7 +940,7 @@ class Context:
         ln = self.model.ln_f
         return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
 
-    def _embed(self, rows: list[list[int]], features: list[tuple[int, np.ndarray | float]]) -> Tensor:
+    def _embed(self, rows: list[list[int]], features: list[tuple[int, _Features]]) -> Tensor:
         """Token rows and continuous features -> embeddings (n,d)."""
         weights = self.weights
         weights.refresh()
@@ -928,9 +952,7 @@ class Context:
         bag = F.embedding_bag(torch.tensor(rows), weights.table, mode="sum")
         return torch.addmm(bag, torch.from_numpy(x), weights.features_weight)
 
-    def _push(
-        self, content_row: int, column: int, values: np.ndarray | float, extra_row: int | None = None
-    ) -> None:
+    def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
         w = self.weights
         time_row = min(max(self.timestep, 0), w.time_rows - 1)
         label = self.label_row if self.label_row is not None else w.zero_row
@@ -1022,7 +1044,7 @@ class Context:
         self.hidden()
         rows, features = self._action_rows(candidates, intervention)
         col = self.weights.act_col
-        listed: list[tuple[int, np.ndarray | float]] = (
+        listed: list[tuple[int, _Features]] = (
             [(-1, 0.0)] * len(rows) if features is None else [(col, f) for f in features]
         )
         h = self._final_norm(self._run(self._embed(rows, listed), candidates=True))  # (N,d)
