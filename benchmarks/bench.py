@@ -19,6 +19,11 @@ On a machine shared with other jobs use ``--threads 1`` (``make bench BENCH_ARGS
 with every core taken, a multi-threaded step waits at each parallel region for a descheduled thread
 and runs 20-50x slower than alone, for both models, which measures the scheduler, not the models.
 
+``act_torch_ops`` counts torch operator calls per action (top-level aten ops under torch.profiler):
+at batch 1 an action costs mostly per-call overhead, so it explains ``act_ms``. ``train_compiled_*``
+is our training step with the loss under ``torch.compile`` (inductor, needs a C++ compiler; skip with
+``--no-compile``), timed interleaved with the eager step: its compile seconds and its speed.
+
 Our model writes 4 tokens per timestep (o, R, a, r), HF's 3 (R, s, a): ``train_tokens_per_s``
 counts each model's own tokens, as the issue asks; ``train_window_speedup`` is the ratio of
 training steps per second on the same batch of windows, the stricter number.
@@ -176,6 +181,26 @@ def training_steps(
     return ours_step, hf_step, flops
 
 
+def compiled_training_step(context_len: int, n_embd: int, batch: int) -> tuple[Callable[[], None], float]:
+    """Our training step with the loss under ``torch.compile`` (inductor), and its compile seconds."""
+    windows = synthetic_sampler(context_len).sample(np.random.default_rng(1), batch)
+    ours_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+    ours_batch["return_known"] = torch.ones(batch, dtype=torch.bool)
+    ours = our_model(n_embd, context_len).train()
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    loss_fn = torch.compile(lambda b: ours.loss(b, heads=("action",))["action"])
+
+    def step() -> None:
+        loss = loss_fn(ours_batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    start = time.perf_counter()
+    step()  # compiles forward and backward
+    return step, time.perf_counter() - start
+
+
 def count_flops(model: torch.nn.Module, step: Callable[[], None]) -> float:
     """FLOPs of one training step (forward + backward), leaving the weights as they were."""
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -251,8 +276,9 @@ class HFWindowActor:
         return action.numpy()
 
 
-def acting_latency(steps: int, repeats: int) -> dict[str, float]:
-    """Median ms per action mid-episode (window full) for our dt and edt(16) agents and HF's recompute."""
+def acting_latency(steps: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median ms per action mid-episode (window full) for our dt and edt(16) agents and HF's recompute,
+    and each one's torch operator calls per action."""
     context_len = REFERENCE["context_len"]
     ours = our_model(REFERENCE["n_embd"], context_len).eval()
     agents = {
@@ -267,6 +293,10 @@ def acting_latency(steps: int, repeats: int) -> dict[str, float]:
     for obs in observations[: 2 * context_len]:  # fill the window (and wrap our cache once)
         for agent in agents.values():
             agent.act(obs, 1.0)
+    ops = {
+        name: torch_ops_per_act(agent, observations[2 * context_len : 3 * context_len])
+        for name, agent in agents.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in agents}
     names = list(agents)
     for r in range(repeats):
@@ -276,7 +306,22 @@ def acting_latency(steps: int, repeats: int) -> dict[str, float]:
                 start = time.perf_counter()
                 agents[name].act(obs, 1.0)
                 times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}, ops
+
+
+def torch_ops_per_act(agent: object, observations: np.ndarray) -> float:
+    """Mean number of torch operator calls per ``act`` (top-level aten ops seen by the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for obs in observations:
+            agent.act(obs, 1.0)  # type: ignore[attr-defined]
+    top = [
+        e
+        for e in prof.events()
+        if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
+    ]
+    return len(top) / len(observations)
 
 
 # ---- scaling: one child process per size, so peak memory is that size's alone ---------------
@@ -342,7 +387,23 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
     windows = batch * context_len
     ours_tps = windows * TOKENS_PER_STEP / step_s["ours"]
     hf_tps = windows * HF_TOKENS_PER_STEP / step_s["hf"]
-    act_ms = acting_latency(args.act_steps, args.repeats)
+    compiled: dict[str, object] = {}
+    if args.compile:
+        compiled_step, compile_s = compiled_training_step(context_len, n_embd, batch)
+        with_compiled = interleaved(
+            {"ours": ours_step, "compiled": compiled_step}, args.repeats, per_repeat=2
+        )
+        compiled = {
+            "train_compile_s": round(compile_s, 1),
+            "train_compiled_step_ms": round(1000 * with_compiled["compiled"], 1),
+            "train_eager_step_ms_beside_compiled": round(1000 * with_compiled["ours"], 1),
+            "train_compiled_over_eager": round(with_compiled["ours"] / with_compiled["compiled"], 2),
+            # train_speedup scaled by compiled-over-eager, each ratio measured interleaved
+            "train_compiled_speedup": round(
+                ours_tps / hf_tps * with_compiled["ours"] / with_compiled["compiled"], 2
+            ),
+        }
+    act_ms, act_ops = acting_latency(args.act_steps, args.repeats)
     return {
         "train_tokens_per_s": round(ours_tps),
         "hf_train_tokens_per_s": round(hf_tps),
@@ -355,6 +416,8 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         "act_speedup": round(act_ms["hf"] / act_ms["dt"], 2),
         "edt16_ms": round(act_ms["edt16"], 3),
         "edt16_over_dt": round(act_ms["edt16"] / act_ms["dt"], 2),
+        "act_torch_ops": {name: round(n, 1) for name, n in act_ops.items()},
+        **compiled,
         "train_gflop_per_step": round(flops["ours"] / 1e9, 2),
         "hf_train_gflop_per_step": round(flops["hf"] / 1e9, 2),
         "matmul_peak_gflops": round(peak / 1e9, 1),
@@ -390,6 +453,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not numbers to quote")
     parser.add_argument("--quality", action="store_true", help="also the CartPole comparison with d3rlpy")
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile training step"
+    )
     parser.add_argument("--out", type=Path, default=None, help="result file (default results/<date>.json)")
     parser.add_argument("--scaling-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scaling-steps", type=int, default=3, help=argparse.SUPPRESS)

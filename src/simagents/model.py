@@ -706,7 +706,7 @@ class ActionEvaluation:
 class _DecodeWeights:
     """The weights :class:`Context` decodes with, laid out for few and fast torch calls.
 
-    Token embeddings become one ``embedding_bag`` (each token sums 4 rows of one table: its
+    Token embeddings become one lookup (each token sums 4 rows of one table: its
     timestep, its label, its type's bias or discrete content, and the action flag or a zero row)
     plus one ``addmm`` of the continuous features (normalised observation, scaled return,
     normalised action, scaled reward; zero where a token has none) by their stacked weights.
@@ -839,15 +839,18 @@ class Context:
     ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
     the simulator to continue the episode as that policy; None leaves it unknown.
 
-    At batch 1 an ``act`` is bound by the number of torch calls, not by arithmetic, so this
-    decoder is written for few of them (about 70 per ``dt`` action at 3 layers, from about 160
-    through the modules): the tokens waiting are embedded together (one ``embedding_bag`` and
-    one ``addmm``, :class:`_DecodeWeights`); the keys and values of each layer are written in
-    place into one preallocated buffer and every query attends to all of its slots through one
-    ``scaled_dot_product_attention`` with a cached boolean mask (slots not yet written are
-    masked), so no call depends on how full the cache is; candidates of
-    :meth:`evaluate_actions` sit in scratch slots after the history, each seeing the history
-    and itself; the final layer norm runs only on the positions read.
+    At batch 1 an ``act`` is bound by per-call overhead and by small matrix products, so this
+    decoder is written for few torch calls (a whole ``dt`` action, agent included, makes 97
+    top-level torch operator calls at 3 layers, down from 163 through the modules; about 4x
+    faster than HF's window recompute, ``benchmarks/bench.py``): the tokens waiting are embedded
+    together (one table lookup and one ``addmm``, :class:`_DecodeWeights`); linear layers are
+    ``addmm`` on transposed weights; the keys and values of each layer are written in place
+    into one preallocated buffer, and every query attends to all of its slots (``addmm``,
+    ``softmax``, ``mm``: three times faster than ``scaled_dot_product_attention`` at these
+    sizes) with a cached additive mask that hides the slots not yet written, so no call depends
+    on how full the cache is; candidates of :meth:`evaluate_actions` sit in scratch slots after
+    the history, each seeing the history and itself; the last layer runs its query, attention
+    and MLP only for the row read, and the final layer norm only on the positions read.
     """
 
     kv: Tensor  # the key-value buffer; set (and on growth read) by _allocate
@@ -949,7 +952,8 @@ class Context:
             if column >= 0:
                 values = np.asarray(values, dtype=np.float32).reshape(-1)
                 x[i, column : column + values.shape[0]] = values
-        bag = F.embedding_bag(torch.tensor(rows), weights.table, mode="sum")
+        # embedding + sum, not F.embedding_bag: that builds an offsets tensor on every call
+        bag = torch.embedding(weights.table, torch.tensor(rows)).sum(1)
         return torch.addmm(bag, torch.from_numpy(x), weights.features_weight)
 
     def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
@@ -1020,15 +1024,15 @@ class Context:
         label = self.label_row if self.label_row is not None else w.zero_row
         flag = w.flag_row + int(intervention)
         if model.act_discrete:
-            indices = (actions.reshape(-1) - model.act_start).tolist()
-            return [[time_row, label, w.act_row + int(a), flag] for a in indices], None
-        values = actions.detach().numpy().reshape(actions.shape[0], -1).astype(np.float32)
+            first = w.act_row - model.act_start
+            return [[time_row, label, first + int(a), flag] for a in actions.reshape(-1).tolist()], None
+        values = np.asarray(actions.detach().numpy(), dtype=np.float32).reshape(actions.shape[0], -1)
         normalised = 2 * (values - w.act_low) / w.act_span - 1
         return [[time_row, label, w.act_row, flag]] * actions.shape[0], normalised
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
         """The action taken, as evidence (False) or as an intervention (True)."""
-        rows, features = self._action_rows(action.reshape(1, *action.shape), intervention)
+        rows, features = self._action_rows(action.unsqueeze(0), intervention)
         self.pending_rows.append(rows[0])
         self.pending_features.append((-1, 0.0) if features is None else (self.weights.act_col, features[0]))
 
