@@ -161,8 +161,11 @@ class PlannerAgent(SimulatorAgent):
             return actions if self.legal is None else actions[self.legal]
         if self.levels:  # a fixed grid instead of policy samples: every part of the range gets scored
             return evenly_spaced_actions(model, self.levels)
-        sampled = model.sample_action(h_return, self.generator, 1.0, n=self.n_candidates - 1)
-        return torch.cat([model.sample_action(h_return, None, 0.0), sampled])
+        # The policy's mode and n-1 samples from one head evaluation: the numbers of
+        # sample_action(temperature 0) and sample_action(n=n-1), at half the torch calls.
+        mean, log_std = model._gaussian(model.action_params(h_return).reshape(-1))
+        noise = torch.randn(self.n_candidates - 1, mean.numel(), generator=self.generator)
+        return model.denormalize_action(torch.cat([mean.unsqueeze(0), mean + log_std.exp() * noise]))
 
     def choose(self) -> Tensor:
         h = self.context.push_return(None)
