@@ -841,7 +841,7 @@ class Context:
 
     At batch 1 an ``act`` is bound by per-call overhead and by small matrix products, so this
     decoder is written for few torch calls (a whole ``dt`` action, agent included, makes 97
-    top-level torch operator calls at 3 layers, down from 163 through the modules; about 4x
+    top-level torch operator calls at 3 layers, down from 163 through the modules; about 3.4x
     faster than HF's window recompute, ``benchmarks/bench.py``): the tokens waiting are embedded
     together (one table lookup and one ``addmm``, :class:`_DecodeWeights`); linear layers are
     ``addmm`` on transposed weights; the keys and values of each layer are written in place
