@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from simagents.errors import SimagentsError
 from simagents.study.report import headline_cell
@@ -92,16 +91,9 @@ def test_headline_marks_agreement_with_theory(choice: str, mark: str):
     assert headline_cell(result, "edt") == f"{choice} 0.90 {mark}"
 
 
-def test_cells_in_two_worker_processes_give_the_serial_results(tmp_path: Path):
-    # Workers run one torch thread each; the serial run here too, since a matmul split over more
-    # threads sums in another order (last-bit differences, not a different study).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def test_cells_in_two_worker_processes_give_the_serial_results(tmp_path: Path, one_torch_thread: None):
     cells = ["gamble", "cartpole"]
-    try:
-        serial = run_study(profile="smoke", out=tmp_path / "serial", progress=False, only=cells)
-    finally:
-        torch.set_num_threads(threads)
+    serial = run_study(profile="smoke", out=tmp_path / "serial", progress=False, only=cells)
     parallel = run_study(profile="smoke", out=tmp_path / "parallel", progress=False, only=cells, workers=2)
 
     def comparable(folder: Path) -> dict:

@@ -11,8 +11,9 @@ CARTPOLE_OBS = gym.spaces.Box(-5.0, 5.0, (4,))
 
 
 @pytest.mark.parametrize("name", ["edt"])
-def test_evaluate_with_two_workers_equals_one(name):
-    # A planning agent that samples: its generator is seeded per episode by reset.
+def test_evaluate_with_two_workers_equals_one(name, one_torch_thread):
+    # A planning agent that samples: its generator is seeded per episode by reset. The serial run
+    # on one torch thread, as each worker runs (the README's promise: equal to such a run).
     agent = make_agent(name, tiny_model(CARTPOLE_OBS, gym.spaces.Discrete(2)))
     env = gym.make("CartPole-v1")
     serial = evaluate(agent, env, episodes=5, seed=3)
