@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -42,7 +41,9 @@ def test_code_blocks_are_found():
 
 
 @pytest.mark.parametrize("page", DOCS, ids=[p.name for p in DOCS])
-def test_every_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_every_block_runs(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
+):
     blocks = code_blocks(page)
     assert blocks, f"{page.name} has no code blocks"
     for lang, _, line in blocks:
@@ -55,23 +56,16 @@ def test_every_block_runs(page: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     namespace: dict[str, object] = {"__name__": f"docs.{page.stem}"}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for lang, code, line in blocks:
-            where = f"{page.name}:{line}"
-            if lang == "python":
-                try:
-                    exec(compile(code, where, "exec"), namespace)
-                except Exception as exc:
-                    raise AssertionError(
-                        f"{where}: the python block fails: {type(exc).__name__}: {exc}"
-                    ) from exc
-            elif lang == "bash":
-                result = subprocess.run(
-                    ["bash", "-euo", "pipefail", "-c", code],
-                    capture_output=True, text=True, env=env, timeout=300,
-                )  # fmt: skip
-                assert result.returncode == 0, f"{where}: the bash block fails:\n{result.stderr[-2000:]}"
-    finally:
-        torch.set_num_threads(threads)
+    for lang, code, line in blocks:
+        where = f"{page.name}:{line}"
+        if lang == "python":
+            try:
+                exec(compile(code, where, "exec"), namespace)
+            except Exception as exc:
+                raise AssertionError(f"{where}: the python block fails: {type(exc).__name__}: {exc}") from exc
+        elif lang == "bash":
+            result = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", code],
+                capture_output=True, text=True, env=env, timeout=300,
+            )  # fmt: skip
+            assert result.returncode == 0, f"{where}: the bash block fails:\n{result.stderr[-2000:]}"

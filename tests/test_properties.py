@@ -354,7 +354,6 @@ def test_a_malformed_checkpoint_gives_a_clean_error(checkpoint: Path, tmp_path: 
     load_edited_checkpoint(checkpoint, tmp_path, edit)
 
 
-# Not strict: hypothesis finds a crash on most runs but not all. Remove the mark with the model.py fix.
 @SETTINGS
 @given(edit=model_config_edits)
 def test_a_malformed_model_config_in_a_checkpoint_gives_a_clean_error(
