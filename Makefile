@@ -57,7 +57,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/bench.py $(BENCH_ARGS)
 
 # Peak RSS of training on a 10-million-step dataset from the memory-mapped cache, beside the
-# in-memory path (benchmarks/memory.py; ~25 min on 2 cores, ~3 GB of temporary disk).
+# in-memory path (benchmarks/memory.py; 6 min on a quiet 2-core machine, ~3 GB of temporary disk).
 bench-memory: $(STAMP)
 	$(VENV)/bin/python benchmarks/memory.py $(BENCH_MEMORY_ARGS)
 
