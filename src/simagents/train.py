@@ -17,6 +17,7 @@ Run folder::
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -536,9 +537,15 @@ def data_parallel(cfg: TrainConfig) -> Iterator[DataParallel]:
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group("gloo")
+    parallel = DataParallel(rank=dist.get_rank(), world=world)
     try:
-        yield DataParallel(rank=dist.get_rank(), world=world)
+        yield parallel
+        dist.barrier()  # leave together: a rank that tears down while its peer still talks aborts
     finally:
+        # DDP's reducer holds the group; freed after destroy_process_group (at interpreter exit) its gloo
+        # threads abort the process ("terminate called without an active exception"), so free it first.
+        parallel.losses_of = None
+        gc.collect()
         if owned:
             dist.destroy_process_group()
 
