@@ -19,6 +19,10 @@ On a machine shared with other jobs use ``--threads 1`` (``make bench BENCH_ARGS
 with every core taken, a multi-threaded step waits at each parallel region for a descheduled thread
 and runs 20-50x slower than alone, for both models, which measures the scheduler, not the models.
 
+``edt16_ms`` scores 16 candidates sampled from the Box policy, which must run before they exist:
+two transformer passes per decision. ``edt16_discrete_ms`` is the same model with 16 Discrete
+actions: the candidates are known in advance and run in the pass of the step's own tokens.
+
 ``act_torch_ops`` counts torch operator calls per action (top-level aten ops under torch.profiler):
 at batch 1 an action costs mostly per-call overhead, so it explains ``act_ms``. ``train_compiled_*``
 is our training step with the loss under ``torch.compile`` (inductor, needs a C++ compiler; skip with
@@ -43,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -66,13 +71,15 @@ RESULTS = Path(__file__).parent / "results"
 # ---- the two models, same size ------------------------------------------------------------------
 
 
-def our_model(n_embd: int, context_len: int) -> Simulator:
+def our_model(n_embd: int, context_len: int, discrete_actions: int = 0) -> Simulator:
+    """The reference size; ``discrete_actions=N``: N Discrete actions instead of the Box of ACT."""
     torch.manual_seed(0)
+    box = discrete_actions == 0
     stats = Statistics(
         obs_mean=[0.0] * OBS,
         obs_std=[1.0] * OBS,
-        act_low=[-1.0] * ACT,
-        act_high=[1.0] * ACT,
+        act_low=[-1.0] * ACT if box else [],
+        act_high=[1.0] * ACT if box else [],
         return_low=0.0,
         return_high=RETURN_HIGH,
         reward_scale=5.0,
@@ -87,7 +94,9 @@ def our_model(n_embd: int, context_len: int) -> Simulator:
         max_timestep=MAX_TIMESTEP,
     )
     obs_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+    act_space: gym.Space[Any] = (
+        gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32) if box else gym.spaces.Discrete(discrete_actions)
+    )
     return Simulator(cfg, obs_space, act_space, stats)
 
 
@@ -284,10 +293,11 @@ def acting_latency(steps: int, repeats: int) -> tuple[dict[str, float], dict[str
     agents = {
         "dt": make_agent("dt", ours, target=RETURN_HIGH),
         "edt16": make_agent("edt", ours, candidates=16),
+        "edt16_discrete": make_agent("edt", our_model(REFERENCE["n_embd"], context_len, discrete_actions=16)),
         "hf": HFWindowActor(hf_model(REFERENCE["n_embd"], context_len), context_len, RETURN_HIGH),
     }
-    agents["dt"].reset(seed=0)
-    agents["edt16"].reset(seed=0)
+    for name in ("dt", "edt16", "edt16_discrete"):
+        agents[name].reset(seed=0)
     rng = np.random.default_rng(0)
     observations = rng.normal(size=(2 * context_len + steps * repeats, OBS)).astype(np.float32)
     for obs in observations[: 2 * context_len]:  # fill the window (and wrap our cache once)
@@ -416,6 +426,8 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         "act_speedup": round(act_ms["hf"] / act_ms["dt"], 2),
         "edt16_ms": round(act_ms["edt16"], 3),
         "edt16_over_dt": round(act_ms["edt16"] / act_ms["dt"], 2),
+        "edt16_discrete_ms": round(act_ms["edt16_discrete"], 3),
+        "edt16_discrete_over_dt": round(act_ms["edt16_discrete"] / act_ms["dt"], 2),
         "act_torch_ops": {name: round(n, 1) for name, n in act_ops.items()},
         **compiled,
         "train_gflop_per_step": round(flops["ours"] / 1e9, 2),

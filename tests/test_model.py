@@ -53,9 +53,12 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
     assert held_sizes == {1, 2, 3, 4}, "the window should fill up and be refilled"
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["after-push", "queued"])
 @pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
 @torch.no_grad()
-def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space):
+def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space, queued):
+    # queued: the step's tokens (a, r, o, R) still wait when the candidates come, and run in
+    # their pass; the candidates scored alone afterwards run on the committed cache.
     model = tiny_model(obs_space, act_space, context_len=4)
     episode = random_episode(np.random.default_rng(2), 6, obs_space, act_space)
     ctx = Context(model)
@@ -65,12 +68,17 @@ def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space):
         ctx.push_action(as_model_input(episode.actions[t], act_space), False)
         ctx.push_reward(float(episode.rewards[t]))
     ctx.push_observation(as_model_input(episode.observations[5], obs_space))
-    ctx.push_return(None)
+    if queued:
+        ctx.queue_return(None)
+        assert len(ctx.pending_rows) == 4
+    else:
+        ctx.push_return(None)
     if act_space is DISCRETE_ACT:
         candidates = torch.arange(act_space.n)
     else:
         candidates = torch.from_numpy(np.random.default_rng(3).uniform(-2, 2, (5, 2)).astype(np.float32))
     together = ctx.evaluate_actions(candidates, intervention=True)
+    assert not ctx.pending_rows
     for i in range(len(candidates)):
         alone = ctx.evaluate_actions(candidates[i : i + 1], intervention=True)
         torch.testing.assert_close(

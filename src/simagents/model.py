@@ -839,10 +839,14 @@ class Context:
     ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
     the simulator to continue the episode as that policy; None leaves it unknown.
 
-    At batch 1 an ``act`` is bound by per-call overhead and by small matrix products, so this
-    decoder is written for few torch calls (a whole ``dt`` action, agent included, makes 97
-    top-level torch operator calls at 3 layers, down from 163 through the modules; about 3.4x
-    faster than HF's window recompute, ``benchmarks/bench.py``): the tokens waiting are embedded
+    At batch 1 an ``act`` is bound by per-call overhead and by reading the weights: each of the
+    12 linear layers of the reference size (hidden 128, 3 layers) costs about 11 us on 4 rows,
+    its weights coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
+    torch calls (a whole ``dt`` action, agent included, makes 97 top-level torch operator calls
+    at 3 layers, down from 163 through the modules; about 4x faster than HF's window
+    recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
+    before the step (Discrete actions, a grid) runs them in the same pass as the step's own
+    tokens (:meth:`queue_return`, :meth:`evaluate_actions`). The tokens waiting are embedded
     together (one table lookup and one ``addmm``, :class:`_DecodeWeights`); linear layers are
     ``addmm`` on transposed weights; the keys and values of each layer are written in place
     into one preallocated buffer, and every query attends to all of its slots (``addmm``,
@@ -886,36 +890,43 @@ class Context:
         self.values = [z[:, C:].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]
         self.keys_t = [z[:, :C].t() for z in self.kv_layers]  # (C,slots), for one head
         self.values_2d = [z[:, C:] for z in self.kv_layers]  # (slots,C)
-        self._masks: dict[tuple[int, int, bool], Tensor] = {}
+        self._masks: dict[tuple[int, int, int], Tensor] = {}
 
-    def _mask(self, start: int, n: int, candidates: bool) -> Tensor:
-        """(n, slots) additive attention mask, 0 where seen and -inf elsewhere: token i at slot
-        start+i sees slots < start, and itself (candidates) or the new tokens up to itself (a
-        committed run). Built once per shape and reused."""
-        key = (start, n, candidates)
+    def _mask(self, start: int, committed: int, candidates: int) -> Tensor:
+        """(committed + candidates, slots) additive attention mask, 0 where seen and -inf elsewhere.
+
+        The rows are tokens at slots start, start+1, ...: a committed token sees the slots before
+        ``start`` and the committed tokens up to itself; a candidate after them sees all of
+        those and itself, no other candidate. Built once per shape and reused."""
+        key = (start, committed, candidates)
         mask = self._masks.get(key)
         if mask is None:
+            n, end = committed + candidates, start + committed
             seen = torch.zeros(n, self.slots, dtype=torch.bool)
             seen[:, :start] = True
-            new = torch.eye(n, dtype=torch.bool) if candidates else torch.ones(n, n, dtype=torch.bool).tril()
-            seen[:, start : start + n] = new
+            seen[:committed, start:end] = torch.ones(committed, committed, dtype=torch.bool).tril()
+            seen[committed:, start:end] = True
+            seen[committed:, end : end + candidates] = torch.eye(candidates, dtype=torch.bool)
             mask = torch.zeros(n, self.slots).masked_fill_(~seen, -math.inf)
             self._masks[key] = mask
         return mask
 
-    def _run(self, x: Tensor, candidates: bool = False) -> Tensor:
+    def _run(self, x: Tensor, candidates: int = 0) -> Tensor:
         """Embeddings (n,d) at slots length.. -> last-layer states before the final norm.
 
-        Candidates: every row (n,d), nothing kept. Committed runs: the last row only (1,d), since
-        only the last token's state is ever read; the last layer computes its query, attention
-        and MLP for that row alone. Their keys and values stay in the cache; the caller advances
-        ``length``."""
+        The last ``candidates`` rows are scratch: each sees the history, the rows before them and
+        itself, and nothing keeps them. Only the last committed row's state is ever read, so the
+        last layer computes its query, attention and MLP for that row (if any) and the candidates
+        alone: the result is (1 + candidates, d), or (candidates, d) when all rows are candidates.
+        Committed keys and values stay in the cache; the caller advances ``length``."""
         n, C = x.shape
         H = self.model.cfg.n_head
         start = self.length
         if start + n > self.slots:
             self._allocate(start + n)
-        mask = self._mask(start, n, candidates)
+        committed = n - candidates
+        mask = self._mask(start, committed, candidates)
+        read = max(committed - 1, 0)  # the first row the last layer computes
         scale = (C // H) ** -0.5
         last = len(self.weights.layers) - 1
         for layer, (w1, b1, wqkv, bqkv, wp, bp, w2, b2, wfc, bfc, wout, bout) in enumerate(
@@ -924,8 +935,8 @@ class Context:
             eps1, eps2 = self.weights.eps[layer]
             qkv = torch.addmm(bqkv, F.layer_norm(x, (C,), w1, b1, eps1), wqkv)  # (n,3C)
             self.kv_layers[layer].narrow(0, start, n).copy_(qkv[:, C:])
-            if layer == last and not candidates and n > 1:
-                qkv, x, mask = qkv[-1:], x[-1:], mask[-1:]
+            if layer == last and read:
+                qkv, x, mask = qkv[read:], x[read:], mask[read:]
             if H == 1:  # (rows,C) x (C,slots): the keys' transposed view, no copy
                 scores = torch.addmm(mask, qkv[:, :C], self.keys_t[layer], alpha=scale)
                 y = torch.mm(torch.softmax(scores, -1), self.values_2d[layer])
@@ -971,26 +982,53 @@ class Context:
             if self.last_hidden is None:
                 raise RuntimeError("nothing pushed yet")
             return self.last_hidden
-        new = self._embed(self.pending_rows, self.pending_features)
-        self.pending_rows, self.pending_features = [], []
-        n = new.shape[0]
-        if self.length + n <= self.max_tokens:
-            self.embeddings.narrow(0, self.length, n).copy_(new)
-            x = self._run(new)
-            self.length += n
-        else:  # keep the newest whole steps (and the step begun), rebuild the cache from them
-            tokens = torch.cat([self.embeddings[: self.length], new])
-            keep_steps = self.model.cfg.context_len // 2
-            partial = tokens.shape[0] % TOKENS_PER_STEP
-            kept = tokens[max(tokens.shape[0] - partial - TOKENS_PER_STEP * keep_steps, 0) :]
-            if kept.shape[0] > self.embeddings.shape[0]:
-                self.embeddings = torch.zeros_like(kept)
-            self.embeddings[: kept.shape[0]] = kept
-            self.length = 0
-            x = self._run(kept)
-            self.length = kept.shape[0]
-        self.last_hidden = self._final_norm(x)
+        self._flush()
+        assert self.last_hidden is not None
         return self.last_hidden
+
+    def _flush(
+        self, rows: list[list[int]] | None = None, features: list[tuple[int, _Features]] | None = None
+    ) -> Tensor | None:
+        """Run the pending tokens into the cache, then candidate tokens (their table ``rows`` and
+        ``features``) after them without keeping those; sets ``last_hidden``. Returns the
+        candidates' final states (m,d), None without candidates.
+
+        While the cache has room, pending tokens and candidates go through the transformer in
+        one pass (one read of every weight, which at batch 1 is most of the time); a full cache
+        is refilled first and the candidates run after."""
+        rows, features = rows or [], features or []
+        pending, m = len(self.pending_rows), len(rows)
+        if pending and self.length + pending > self.max_tokens:
+            self._refill(self._embed(self.pending_rows, self.pending_features))
+            self.pending_rows, self.pending_features = [], []
+            pending = 0
+        if pending + m == 0:
+            return None
+        x = self._embed(self.pending_rows + rows, self.pending_features + features)
+        self.pending_rows, self.pending_features = [], []
+        if pending:
+            self.embeddings.narrow(0, self.length, pending).copy_(x if m == 0 else x[:pending])
+        h = self._final_norm(self._run(x, candidates=m))
+        self.length += pending
+        if m == 0:
+            self.last_hidden = h
+            return None
+        if pending:
+            self.last_hidden, h = h[:1], h[1:]
+        return h
+
+    def _refill(self, new: Tensor) -> None:
+        """The cache is full: keep the newest whole steps (and the step begun) with ``new``, rebuild it from them."""
+        tokens = torch.cat([self.embeddings[: self.length], new])
+        keep_steps = self.model.cfg.context_len // 2
+        partial = tokens.shape[0] % TOKENS_PER_STEP
+        kept = tokens[max(tokens.shape[0] - partial - TOKENS_PER_STEP * keep_steps, 0) :]
+        if kept.shape[0] > self.embeddings.shape[0]:
+            self.embeddings = torch.zeros_like(kept)
+        self.embeddings[: kept.shape[0]] = kept
+        self.length = 0
+        self.last_hidden = self._final_norm(self._run(kept))
+        self.length = kept.shape[0]
 
     @property
     def held_steps(self) -> int:
@@ -1010,12 +1048,18 @@ class Context:
 
     def push_return(self, target: float | None) -> Tensor:
         """Return-to-go token (None: unknown); returns the hidden state at R_t (1,d), the policy's input."""
+        self.queue_return(target)
+        return self.hidden()
+
+    def queue_return(self, target: float | None) -> None:
+        """:meth:`push_return` without running the transformer: for a planner whose candidates do not
+        depend on the policy (Discrete actions, a fixed grid), :meth:`evaluate_actions` then runs
+        the step's tokens and the candidates in one pass."""
         w = self.weights
         if target is None:
             self._push(w.unknown_row, -1, 0.0)
         else:
             self._push(w.return_row, w.return_col, (np.float32(target) - w.return_mid) / w.return_half)
-        return self.hidden()
 
     def _action_rows(self, actions: Tensor, intervention: bool) -> tuple[list[list[int]], np.ndarray | None]:
         """Actions (n,) or (n,act_dim) -> their table rows and normalised features (Box; else None)."""
@@ -1044,14 +1088,17 @@ class Context:
     def evaluate_actions(self, candidates: Tensor, intervention: bool) -> ActionEvaluation:
         """Score N candidate actions (N,) or (N,act_dim) as one batch on the shared cached prefix.
 
-        Call after push_return; nothing is stored."""
-        self.hidden()
+        Call after push_return or queue_return; nothing is stored. Tokens still pending (as
+        after queue_return) run in the same pass as the candidates."""
+        if candidates.shape[0] == 0:
+            raise ValueError("evaluate_actions needs at least one candidate action")
         rows, features = self._action_rows(candidates, intervention)
         col = self.weights.act_col
         listed: list[tuple[int, _Features]] = (
             [(-1, 0.0)] * len(rows) if features is None else [(col, f) for f in features]
         )
-        h = self._final_norm(self._run(self._embed(rows, listed), candidates=True))  # (N,d)
+        h = self._flush(rows, listed)  # (N,d)
+        assert h is not None  # one row per candidate, and there is one
         logits = self.model.action_value_head(h)
         return ActionEvaluation(logits, self.model.expected_return(logits), self.model.predicted_reward(h))
 

@@ -154,7 +154,9 @@ class PlannerAgent(SimulatorAgent):
         self.beam = beam
         super().__init__(simulator)
 
-    def candidate_actions(self, h_return: Tensor) -> Tensor:
+    def candidate_actions(self) -> Tensor:
+        """This step's candidates; the return token is queued. Only sampled ones (Box) need the
+        policy, and so a pass of their own; the others run with the step's tokens."""
         model = self.simulator
         if model.act_discrete:
             actions = torch.arange(model.act_dim) + model.act_start
@@ -163,13 +165,13 @@ class PlannerAgent(SimulatorAgent):
             return evenly_spaced_actions(model, self.levels)
         # The policy's mode and n-1 samples from one head evaluation: the numbers of
         # sample_action(temperature 0) and sample_action(n=n-1), at half the torch calls.
-        mean, log_std = model._gaussian(model.action_params(h_return).reshape(-1))
+        mean, log_std = model._gaussian(model.action_params(self.context.hidden()).reshape(-1))
         noise = torch.randn(self.n_candidates - 1, mean.numel(), generator=self.generator)
         return model.denormalize_action(torch.cat([mean.unsqueeze(0), mean + log_std.exp() * noise]))
 
     def choose(self) -> Tensor:
-        h = self.context.push_return(None)
-        candidates = self.candidate_actions(h)
+        self.context.queue_return(None)
+        candidates = self.candidate_actions()
         scores = self.score(candidates)
         best = int(torch.argmax(scores.total))
         self.step_records.append(
