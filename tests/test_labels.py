@@ -155,6 +155,39 @@ def test_a_trained_label_picks_its_players_move(tmp_path: Path) -> None:
     }
     assert mean["low"] < 0.5 and mean["high"] > 2.5  # action 0 vs action 3
     assert 0.8 < mean[None] < 2.2  # unconditioned: either player, about half each
+    # label="sample": each episode draws its player by the data's shares and plays as that player.
+    shares = dict(zip(simulator.stats.labels, simulator.stats.label_shares, strict=True))
+    assert sum(shares.values()) == pytest.approx(1.0) and 0.3 < shares["low"] < 0.7
+    agent = make_agent("imitation", simulator, label="sample")
+    drawn = []
+    for seed in range(40):
+        agent.reset(seed=seed)
+        action = agent.act(np.zeros(3, dtype=np.float32))
+        drawn.append(agent.episode_label)
+        assert action == {"low": 0, "high": 3}[agent.episode_label]
+    assert 10 < drawn.count("low") < 30
+
+
+@pytest.mark.parametrize("weak_share", [0.2, 0.7])
+def test_sampled_labels_follow_the_training_shares_and_the_seed(weak_share: float) -> None:
+    model = labelled_model()
+    model.stats = replace(model.stats, label_shares=[0.9 - weak_share, weak_share])  # 0.1 unlabelled
+    agent = make_agent("imitation", model, label="sample")
+    drawn = []
+    for seed in range(2000):
+        agent.reset(seed=seed)
+        drawn.append(agent.episode_label)
+    assert drawn.count("weak") / 2000 == pytest.approx(weak_share, abs=0.03)
+    assert drawn.count(None) / 2000 == pytest.approx(0.1, abs=0.02)  # the unknown label
+    again = [agent.reset(seed=seed) or agent.episode_label for seed in range(50)]
+    assert again == drawn[:50]
+
+
+def test_sampling_labels_needs_a_labelled_simulator_that_recorded_shares() -> None:
+    with pytest.raises(SimagentsError, match="trained without label conditioning"):
+        make_agent("imitation", tiny_model(BOX_OBS, FOUR), label="sample")
+    with pytest.raises(SimagentsError, match="no label_shares"):
+        make_agent("imitation", labelled_model(), label="sample")
 
 
 def test_conditioned_imitation_respects_the_action_mask() -> None:

@@ -157,6 +157,10 @@ class Statistics:
     labels: list[str] = field(default_factory=list)
     """The behaviour-policy labels (``Episode.policy``) of the training episodes, sorted; label
     ``labels[i]`` has index ``i + 1`` in the label embedding, index 0 is the unknown label."""
+    label_shares: list[float] = field(default_factory=list)
+    """Share of the training episodes with each label (aligned with ``labels``; the unlabelled
+    ones count in the denominator): an imitator drawing its player from these plays the data's
+    population episode by episode. Empty in simulators saved before it was recorded."""
 
     def __post_init__(self) -> None:
         for low, high in (("obs_mean", "obs_std"), ("act_low", "act_high")):
@@ -174,6 +178,12 @@ class Statistics:
             raise ValueError("episode_return_percentiles must hold 21 values (percentiles 0, 5, ..., 100)")
         if len(set(self.labels)) != len(self.labels) or not all(self.labels):
             raise ValueError("labels must be distinct non-empty names")
+        if self.label_shares and (
+            len(self.label_shares) != len(self.labels)
+            or any(not 0 <= x <= 1 for x in self.label_shares)
+            or sum(self.label_shares) > 1 + 1e-6
+        ):
+            raise ValueError("label_shares must hold one share in [0, 1] per label, summing to at most 1")
 
 
 class CausalSelfAttention(nn.Module):

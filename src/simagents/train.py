@@ -197,6 +197,8 @@ def fit_statistics(
     for part in masked_chunks(flat.rewards, steps):
         scale = max(scale, float(np.abs(part).max()))
     margin = max(0.05 * (hi - lo), 1e-3)
+    names = [flat.policies[i] for i in flat.policy_ids[episodes]]
+    labels = sorted({name for name in names if name})
     return Statistics(
         obs_mean=obs_mean,
         obs_std=obs_std,
@@ -208,7 +210,8 @@ def fit_statistics(
         episode_return_percentiles=np.percentile(
             flat.episode_returns[episodes], np.arange(0, 101, 5)
         ).tolist(),
-        labels=sorted({flat.policies[i] for i in np.unique(flat.policy_ids[episodes]) if flat.policies[i]}),
+        labels=labels,
+        label_shares=[names.count(label) / len(names) for label in labels],
     )
 
 

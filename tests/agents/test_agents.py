@@ -43,6 +43,21 @@ def test_planners_take_the_argmax_of_the_models_predictions(preferred, best):
         assert agent.episode_metrics()["predicted_return"] == pytest.approx(preferred[best], abs=0.2)
 
 
+@pytest.mark.parametrize(("support", "best"), [(0.0, 0), (0.03, 0), (0.05, 1), (0.5, 1)])
+def test_planners_choose_only_among_actions_the_policy_supports(support, best):
+    # Action 0 has the highest predicted return, but the policy gives it 0.02 against 0.49 for
+    # each of the others (a ratio of 0.04): kept below support 0.04, dropped above.
+    model = hand_set_planner_model([3.0, 1.0, -2.0])
+    with torch.no_grad():
+        model.action_head.bias.copy_(torch.tensor([0.02, 0.49, 0.49]).log())
+    for name in ("edt", "cdt"):
+        agent = make_agent(name, model, support=support)
+        agent.reset(seed=0)
+        assert agent.act(np.zeros(3, dtype=np.float32)) == best
+    with pytest.raises(SimagentsError, match="support"):
+        make_agent("edt", model, support=1.5)
+
+
 @pytest.mark.parametrize(("obs_space", "act_space"), [(BOX_OBS, DISCRETE_ACT), (BOX_OBS, BOX_ACT)])
 @torch.no_grad()
 def test_planner_choice_equals_argmax_of_independently_scored_candidates(obs_space, act_space):

@@ -50,6 +50,27 @@ class Agent(Protocol):
         to legal actions; None allows every action."""
 
 
+SAMPLE_LABEL = "sample"
+"""The ``label`` that draws each episode's player from the training data's shares."""
+
+
+def label_shares(simulator: Simulator) -> Tensor:
+    """(labels + 1,) probability of each label in the training episodes, the unlabelled share last."""
+    stats = simulator.stats
+    if simulator.label_embed is None or not stats.labels:
+        raise SimagentsError(
+            f"label={SAMPLE_LABEL!r} draws a player label per episode, but this simulator was trained "
+            "without label conditioning; train it with --model.condition-on-label on labelled data"
+        )
+    if not stats.label_shares:
+        raise SimagentsError(
+            f"label={SAMPLE_LABEL!r}: this simulator's statistics.json has no label_shares (saved by an "
+            "older simagents); train it again to record them"
+        )
+    shares = torch.tensor(stats.label_shares, dtype=torch.float64)
+    return torch.cat([shares, (1 - shares.sum()).clamp(min=0).reshape(1)])
+
+
 class SimulatorAgent:
     """Shared acting loop over a simulator. Subclasses implement :meth:`choose`.
 
@@ -58,6 +79,10 @@ class SimulatorAgent:
     ``label`` (a behaviour-policy label of the simulator's training data; needs a simulator
     trained with label conditioning) puts that label in every episode's context, so the
     simulator continues it as that policy would; None leaves the label unknown.
+    ``label="sample"`` draws each episode's label at :meth:`reset`, with the probability of
+    its share of the training episodes: the simulator then plays the data's population one
+    whole episode per player, as the data did, instead of re-guessing who is playing from the
+    last ``context_len`` steps.
 
     Example: the imitator's most likely action instead of a sample (``examples/custom_agent.py``
     is a planner built this way):
@@ -74,14 +99,22 @@ class SimulatorAgent:
 
     def __init__(self, simulator: Simulator, label: str | None = None) -> None:
         self.simulator = simulator.eval()
-        simulator.label_index(label)  # a label the simulator cannot take fails here, not at reset
+        if label == SAMPLE_LABEL:
+            label_shares(simulator)  # a simulator without labels fails here, not at reset
+        else:
+            simulator.label_index(label)  # a label the simulator cannot take fails here, not at reset
         self.label = label
         self.generator = torch.Generator()
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
-        self.context = Context(self.simulator, self.label)
         self.generator.manual_seed(0 if seed is None else seed)
+        self.episode_label = self.label
+        if self.label == SAMPLE_LABEL:
+            shares = label_shares(self.simulator)
+            draw = int(torch.multinomial(shares, 1, generator=self.generator))
+            self.episode_label = self.simulator.stats.labels[draw] if draw < len(shares) - 1 else None
+        self.context = Context(self.simulator, self.episode_label)
         self.started = False
         self.step_records: list[dict[str, float]] = []
         self.legal: Tensor | None = None  # (act_dim,) bool for this step's choice; None: all legal

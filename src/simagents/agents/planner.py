@@ -15,6 +15,19 @@ Candidates: every action of a Discrete space; for Box, ``candidates`` samples fr
 the imitation policy plus its mode. All are scored in one batch on the shared
 cached prefix.
 
+Support: a predicted return is an average over the data's trajectories that took
+the action, so an action the data's agents almost never take in this situation
+has its value estimated from next to no evidence. The planner therefore only
+chooses among candidates whose probability under the simulator's own policy (the
+imitation policy, return unknown; a density for Box actions) is at least
+``support`` times the most probable candidate's — the action filter of batch-
+constrained Q-learning (BCQ, Fujimoto et al. 2019). The default 0.05 drops only
+actions the policy gives under 1/20 of its favourite's probability; ``support=0``
+is the bare argmax. Measured on the quick study's CartPole simulator (20
+episodes): edt 492.5 ± 9.8 with ``support=0`` (near-ties late in an episode, where
+every trajectory in the data is truncated at 500 whichever action it took, flip
+the pole down), 500.0 ± 0.0 with 0.05 to 0.3.
+
 Scoring, by ``horizon``:
 
 - ``horizon=0`` (default): the one-step action-value head at a_t.
@@ -32,6 +45,7 @@ Scoring, by ``horizon``:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +152,7 @@ class PlannerAgent(SimulatorAgent):
         horizon: int = 0,
         beam: int = 1,
         levels: int = 0,
+        support: float = 0.05,
     ) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -147,6 +162,9 @@ class PlannerAgent(SimulatorAgent):
             raise ValueError(f"beam must be >= 1, got {beam}")
         if levels == 1 or levels < 0:
             raise ValueError(f"levels must be 0 (sample candidates) or >= 2, got {levels}")
+        if not 0 <= support <= 1:
+            raise ValueError(f"support must be in [0, 1] (0: no filter), got {support}")
+        self.support = support
         self.levels = levels
         self.intervention = intervention
         self.n_candidates = candidates
@@ -173,11 +191,20 @@ class PlannerAgent(SimulatorAgent):
         self.context.queue_return(None)
         candidates = self.candidate_actions()
         scores = self.score(candidates)
-        best = int(torch.argmax(scores.total))
+        best = int(torch.argmax(self.supported(scores.total, candidates)))
         self.step_records.append(
             {"predicted_return": float(scores.total[best]), "predicted_reward": float(scores.reward[best])}
         )
         return candidates[best]
+
+    def supported(self, total: Tensor, candidates: Tensor) -> Tensor:
+        """``total`` (N,) with -inf at the candidates the policy gives under ``support`` times
+        its most probable candidate's probability (see the module docstring)."""
+        if self.support == 0 or candidates.shape[0] < 2:
+            return total
+        h_return = self.context.hidden()  # (1,d) at R_t: already run with the candidates, no new pass
+        log_p = self.simulator.action_log_prob(h_return.expand(candidates.shape[0], -1), candidates)
+        return total.masked_fill(log_p < log_p.max() + math.log(self.support), -torch.inf)
 
     def score(self, candidates: Tensor) -> PlanScores:
         """Predicted return of each candidate (N,) or (N,act_dim) at the current step (return token pushed)."""
@@ -191,17 +218,34 @@ class PlannerAgent(SimulatorAgent):
 
 @register_agent("edt")
 def make_edt(
-    simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1, levels: int = 0
+    simulator: Simulator,
+    candidates: int = 16,
+    horizon: int = 0,
+    beam: int = 1,
+    levels: int = 0,
+    support: float = 0.05,
 ) -> PlannerAgent:
     """Evidential planner: the agent's own action is evidence. horizon > 0: score by a rollout.
-    levels=K (Box actions): score a grid of K evenly spaced actions per dimension, not samples."""
-    return PlannerAgent(simulator, False, candidates=candidates, horizon=horizon, beam=beam, levels=levels)
+    levels=K (Box actions): score a grid of K evenly spaced actions per dimension, not samples.
+    support: choose only among actions the policy gives at least this share of its favourite's
+    probability (0: the bare argmax)."""
+    return PlannerAgent(
+        simulator, False, candidates=candidates, horizon=horizon, beam=beam, levels=levels, support=support
+    )
 
 
 @register_agent("cdt")
 def make_cdt(
-    simulator: Simulator, candidates: int = 16, horizon: int = 0, beam: int = 1, levels: int = 0
+    simulator: Simulator,
+    candidates: int = 16,
+    horizon: int = 0,
+    beam: int = 1,
+    levels: int = 0,
+    support: float = 0.05,
 ) -> PlannerAgent:
     """Causal planner: the agent's own action is an intervention (needs counterfactual teaching).
-    horizon > 0: score by a rollout. levels=K (Box actions): a grid of K actions per dimension."""
-    return PlannerAgent(simulator, True, candidates=candidates, horizon=horizon, beam=beam, levels=levels)
+    horizon > 0: score by a rollout. levels=K (Box actions): a grid of K actions per dimension.
+    support: as for edt."""
+    return PlannerAgent(
+        simulator, True, candidates=candidates, horizon=horizon, beam=beam, levels=levels, support=support
+    )
