@@ -213,3 +213,17 @@ def test_conditioned_imitation_respects_the_action_mask() -> None:
     # Whole games: a full column would raise InvalidAction if the mask were ignored.
     result = evaluate(make_agent("imitation", model, label="b"), ConnectFourEnv(opponent_depth=1), episodes=3)
     assert set(result.returns) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("label_dropout", [0.0, 0.5])
+def test_windows_that_show_their_return_hide_their_label(tmp_path: Path, label_dropout: float) -> None:
+    from simagents.train import window_labels
+
+    cfg = TrainConfig(data=("unused",), out=tmp_path, label_dropout=label_dropout)
+    episode_labels = np.array([1, 2, 1, 2] * 50)
+    known = torch.arange(200) % 3 == 0
+    batch = {"episode": torch.arange(200), "return_known": known}
+    labels = window_labels(batch, episode_labels, cfg, step=7).numpy()
+    assert (labels[known.numpy()] == 0).all()  # a prompted return never comes with a player
+    shown = labels[~known.numpy()] == episode_labels[~known.numpy()]
+    assert shown.mean() == pytest.approx(1 - label_dropout, abs=0.1)

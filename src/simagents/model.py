@@ -38,7 +38,8 @@ the flag off, a causal one with it on.
 also gets the embedding of the episode's behaviour-policy label (``Episode.policy``,
 e.g. which player played), or of the learned *unknown label*. The labels seen in the
 training data are listed in :class:`Statistics`; the trainer replaces a window's label
-by the unknown one with probability ``label_dropout`` (like return dropout), so one
+by the unknown one with probability ``label_dropout`` (like return dropout; always when the
+window shows its return, as no agent prompts both), so one
 simulator serves both unconditioned imitation (whoever the history suggests is playing)
 and imitation of a named player. The label is added to each token, like the timestep,
 rather than prepended as a token of its own: no position is spent on it, and the KV

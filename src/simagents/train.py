@@ -123,9 +123,10 @@ class TrainConfig:
     """Probability that a window's return tokens are all replaced by the unknown token. Such windows
     train the value and action-value heads and the unconditioned (imitation) policy."""
     label_dropout: float = 0.5
-    """With ``model.condition_on_label``: probability that a window's behaviour-policy label is
-    replaced by the unknown label. Such windows train the simulator to infer who is playing from
-    the history (unconditioned imitation); the others to play as the named policy."""
+    """With ``model.condition_on_label``: probability that a window whose return is unknown has its
+    behaviour-policy label replaced by the unknown label (windows showing their return always
+    hide it). Such windows train the simulator to infer who is playing from the history
+    (unconditioned imitation, the planners); the others to play as the named policy."""
     validation_fraction: float = 0.1
     """Share of episodes held out for eval/... metrics."""
     eval_every: int = 250
@@ -351,10 +352,15 @@ def window_labels(
     batch: dict[str, torch.Tensor], episode_labels: np.ndarray, cfg: TrainConfig, step: int
 ) -> torch.Tensor:
     """(B,) label index of each window's episode, the unknown label (0) with probability
-    ``label_dropout``; drawn from its own generator seeded by (seed, step), so resume replays it."""
+    ``label_dropout``; drawn from its own generator seeded by (seed, step), so resume replays it.
+
+    A window that shows its return always hides its label: no agent asks for a return and a
+    player at once (``dt`` prompts a return with the label unknown, a labelled imitator plays
+    with the return unknown), so such windows train the Decision Transformer as they would
+    without labels, instead of a combination nobody uses."""
     rng = np.random.default_rng([cfg.seed, step, 1])
     labels = episode_labels[batch["episode"].numpy()]
-    drop = rng.random(len(labels)) < cfg.label_dropout
+    drop = (rng.random(len(labels)) < cfg.label_dropout) | batch["return_known"].numpy()
     return torch.from_numpy(np.where(drop, 0, labels))
 
 
