@@ -19,7 +19,6 @@ from simagents.study.prophecy import index_figure
 
 ROUTES = {
     "imitation": "route 1, imitation: samples the next action with the return unknown",
-    "imitation[sample]": "route 1, with each episode's player drawn from the data's shares",
     "dt": "route 2, Decision Transformer: prompted with the data's best return",
     "edt": "route 5, evidential planner: scores every action by the predicted return",
     "cdt": "route 5, causal planner: the same, with its action as an intervention",
@@ -94,20 +93,12 @@ def interpretation(result: dict[str, Any]) -> str:
             + (
                 "it simulates the population it was trained on, weak players included (seed 003)."
                 if near
+                else "above the population's mean: it re-guesses who is playing from the steps in its window, "
+                "and a long survival is itself evidence of a strong player, so it drifts towards the strong "
+                "ones (a simulator trained with labels, played with label='sample', draws one player per "
+                "episode instead)."
+                if got > data_mean
                 else "not the population's mean, so at this budget it is not yet a faithful simulator of it."
-            )
-        )
-    if "imitation[sample]" in agents:
-        got = agents["imitation[sample]"]["mean_return"]
-        near = abs(got - data_mean) <= 0.25 * max(abs(data_mean), 1.0)
-        parts.append(
-            f"Drawing its player once per episode from the data's shares, the imitator scored {got:.1f}: "
-            + (
-                "one player per episode, as in the data, reproduces the population's mean (the unconditioned "
-                "imitator re-guesses who is playing from its last steps, and a long survival is itself "
-                "evidence of a strong player)."
-                if near
-                else "not the population's mean either."
             )
         )
     for name, label in (
@@ -200,11 +191,7 @@ def headline_cell(result: dict[str, Any], agent: str) -> str:
 def headline_table(results: dict[str, Any]) -> list[str]:
     testbeds = results["testbeds"]
     # Connect Four's label-conditioned imitators (imitation[NAME]) have their own section.
-    agents = list(
-        dict.fromkeys(
-            a for r in testbeds.values() for a in r["agents"] if "[" not in a or r.get("kind") != "game"
-        )
-    )
+    agents = list(dict.fromkeys(a for r in testbeds.values() for a in r["agents"] if "[" not in a))
     lines = [
         "| agent | " + " | ".join(testbeds) + " |",
         "|---|" + "---|" * len(testbeds),

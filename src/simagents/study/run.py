@@ -103,15 +103,7 @@ PROFILES = {
     ),
 }
 
-CONTROL_AGENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("imitation", "imitation", {}),
-    # The same imitator with its player drawn per episode from the data's shares (the data is
-    # labelled by behaviour policy): a whole episode of one player, as in the data.
-    ("imitation[sample]", "imitation", {"label": "sample"}),
-    ("dt", "dt", {}),
-    ("edt", "edt", {}),
-)
-"""(name in the results, agent, options) of each control-task agent."""
+CONTROL_AGENTS = ("imitation", "dt", "edt")
 DECISION_AGENTS = ("imitation", "dt", "edt", "cdt")
 # Prompts of the Decision Transformer's calibration curve: percentiles of the data's returns.
 DT_TARGETS = ("q10", "q50", "q90", "max")
@@ -149,9 +141,7 @@ def run_control_cell(
         collect(CollectConfig(env=env_id, out=data, policy="mixed", episodes=profile.episodes, seed=seed))
     dataset = load_dataset(data)
     run = folder / "simulator"
-    # Label conditioning (windows tagged with their behaviour policy) for imitation[sample].
-    model = replace(profile.model, condition_on_label=True)
-    cfg = TrainConfig(data=(str(data),), out=run, model=model, steps=profile.steps, seed=seed)
+    cfg = TrainConfig(data=(str(data),), out=run, model=profile.model, steps=profile.steps, seed=seed)
     cfg = replace(
         cfg, eval_every=max(cfg.steps // 4, 1), log_every=max(min(cfg.log_every, cfg.steps // 4), 1)
     )
@@ -170,9 +160,9 @@ def run_control_cell(
 
     env = make_env(env_id)
     agents = {}
-    for name, agent, options in CONTROL_AGENTS:
+    for name in CONTROL_AGENTS:
         summary = evaluate(
-            make_agent(agent, simulator, **options), env, profile.eval_episodes, seed=10_000 + seed
+            make_agent(name, simulator), env, profile.eval_episodes, seed=10_000 + seed
         ).summary()
         summary["normalised_score"] = normalised(summary["mean_return"])
         agents[name] = summary
