@@ -58,7 +58,8 @@ class RiskAversePlanner(PlannerAgent):
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         self.quantile = float(quantile)
-        super().__init__(simulator, intervention=intervention, candidates=candidates)
+        self.intervention = intervention  # how its own action enters the context (evidence or not)
+        super().__init__(simulator, candidates=candidates)
 
     def score(self, candidates: Tensor) -> PlanScores:
         evaluation = self.context.evaluate_actions(candidates, self.intervention)

@@ -144,10 +144,12 @@ def evenly_spaced_actions(model: Simulator, levels: int) -> Tensor:
 
 
 class PlannerAgent(SimulatorAgent):
+    """The planner of the module docstring; :class:`EvidentialPlanner` and :class:`CausalPlanner`
+    fix how it enters its own action (``intervention``)."""
+
     def __init__(
         self,
         simulator: Simulator,
-        intervention: bool,
         candidates: int = 16,
         horizon: int = 0,
         beam: int = 1,
@@ -166,7 +168,6 @@ class PlannerAgent(SimulatorAgent):
             raise ValueError(f"support must be in [0, 1] (0: no filter), got {support}")
         self.support = support
         self.levels = levels
-        self.intervention = intervention
         self.n_candidates = candidates
         self.horizon = horizon
         self.beam = beam
@@ -217,35 +218,18 @@ class PlannerAgent(SimulatorAgent):
 
 
 @register_agent("edt")
-def make_edt(
-    simulator: Simulator,
-    candidates: int = 16,
-    horizon: int = 0,
-    beam: int = 1,
-    levels: int = 0,
-    support: float = 0.05,
-) -> PlannerAgent:
+class EvidentialPlanner(PlannerAgent):
     """Evidential planner: the agent's own action is evidence. horizon > 0: score by a rollout.
     levels=K (Box actions): score a grid of K evenly spaced actions per dimension, not samples.
     support: choose only among actions the policy gives at least this share of its favourite's
     probability (0: the bare argmax)."""
-    return PlannerAgent(
-        simulator, False, candidates=candidates, horizon=horizon, beam=beam, levels=levels, support=support
-    )
+
+    intervention = False
 
 
 @register_agent("cdt")
-def make_cdt(
-    simulator: Simulator,
-    candidates: int = 16,
-    horizon: int = 0,
-    beam: int = 1,
-    levels: int = 0,
-    support: float = 0.05,
-) -> PlannerAgent:
-    """Causal planner: the agent's own action is an intervention (needs counterfactual teaching).
-    horizon > 0: score by a rollout. levels=K (Box actions): a grid of K actions per dimension.
-    support: as for edt."""
-    return PlannerAgent(
-        simulator, True, candidates=candidates, horizon=horizon, beam=beam, levels=levels, support=support
-    )
+class CausalPlanner(PlannerAgent):
+    """Causal planner: the agent's own action is an intervention (needs counterfactual teaching);
+    options as for edt."""
+
+    intervention = True
