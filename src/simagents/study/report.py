@@ -93,10 +93,10 @@ def interpretation(result: dict[str, Any]) -> str:
             + (
                 "it simulates the population it was trained on, weak players included (seed 003)."
                 if near
-                else "above the population's mean: it re-guesses who is playing from the steps in its window, "
-                "and a long survival is itself evidence of a strong player, so it drifts towards the strong "
-                "ones (a simulator trained with labels, played with label='sample', draws one player per "
-                "episode instead)."
+                else "above the population's mean: it has to infer who is playing from its own recent moves, "
+                "and at this budget it plays the strong players more often than the data has them (a "
+                "simulator trained with labels, played with label='sample', draws one player per episode "
+                "instead)."
                 if got > data_mean
                 else "not the population's mean, so at this budget it is not yet a faithful simulator of it."
             )
