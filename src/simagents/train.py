@@ -198,8 +198,12 @@ def fit_statistics(
     for part in masked_chunks(flat.rewards, steps):
         scale = max(scale, float(np.abs(part).max()))
     margin = max(0.05 * (hi - lo), 1e-3)
-    names = [flat.policies[i] for i in flat.policy_ids[episodes]]
-    labels = sorted({name for name in names if name})
+    counts = np.bincount(flat.policy_ids[episodes], minlength=len(flat.policies))  # episodes per policy
+    shares: dict[str, float] = {}
+    for name, count in zip(flat.policies, counts, strict=True):
+        if name and count:
+            shares[name] = shares.get(name, 0.0) + count / len(episodes)
+    labels = sorted(shares)
     return Statistics(
         obs_mean=obs_mean,
         obs_std=obs_std,
@@ -212,7 +216,7 @@ def fit_statistics(
             flat.episode_returns[episodes], np.arange(0, 101, 5)
         ).tolist(),
         labels=labels,
-        label_shares=[names.count(label) / len(names) for label in labels],
+        label_shares=[shares[label] for label in labels],
     )
 
 

@@ -99,10 +99,10 @@ class SimulatorAgent:
 
     def __init__(self, simulator: Simulator, label: str | None = None) -> None:
         self.simulator = simulator.eval()
-        if label == SAMPLE_LABEL:
-            label_shares(simulator)  # a simulator without labels fails here, not at reset
-        else:
-            simulator.label_index(label)  # a label the simulator cannot take fails here, not at reset
+        # A label the simulator cannot take (or cannot draw) fails here, not at reset.
+        self.player_shares = label_shares(simulator) if label == SAMPLE_LABEL else None
+        if self.player_shares is None:
+            simulator.label_index(label)
         self.label = label
         self.generator = torch.Generator()
         self.reset()
@@ -110,10 +110,11 @@ class SimulatorAgent:
     def reset(self, seed: int | None = None) -> None:
         self.generator.manual_seed(0 if seed is None else seed)
         self.episode_label = self.label
-        if self.label == SAMPLE_LABEL:
-            shares = label_shares(self.simulator)
-            draw = int(torch.multinomial(shares, 1, generator=self.generator))
-            self.episode_label = self.simulator.stats.labels[draw] if draw < len(shares) - 1 else None
+        if self.player_shares is not None:
+            draw = int(torch.multinomial(self.player_shares, 1, generator=self.generator))
+            self.episode_label = (
+                self.simulator.stats.labels[draw] if draw < len(self.player_shares) - 1 else None
+            )
         self.context = Context(self.simulator, self.episode_label)
         self.started = False
         self.step_records: list[dict[str, float]] = []
