@@ -191,7 +191,7 @@ def test_sampling_labels_needs_a_labelled_simulator_that_recorded_shares() -> No
 
 
 def test_conditioned_imitation_respects_the_action_mask() -> None:
-    board = gym.spaces.Box(-1.0, 1.0, (42,), np.float32)
+    board = ConnectFourEnv().observation_space
     model = tiny_model(board, gym.spaces.Discrete(7), seed=3)
     model = Simulator(
         replace(model.cfg, condition_on_label=True),
@@ -207,7 +207,7 @@ def test_conditioned_imitation_respects_the_action_mask() -> None:
             agent.reset(seed=0)
             for _ in range(5):
                 assert (
-                    agent.act(rng.choice([-1.0, 0.0, 1.0], 42).astype(np.float32), 0.0, action_mask=mask)
+                    agent.act(rng.choice([0.0, 1.0], board.shape).astype(np.float32), 0.0, action_mask=mask)
                     in legal
                 )
     # Whole games: a full column would raise InvalidAction if the mask were ignored.

@@ -48,7 +48,7 @@ def test_agent_respects_the_mask(name: str, options: dict, legal: list[int]) -> 
 @pytest.mark.parametrize(("name", "options"), VARIANTS)
 def test_agent_plays_whole_games_through_evaluate(name: str, options: dict) -> None:
     # A random tiny simulator drops stones in full columns unless evaluate hands it the mask.
-    model = tiny_model(gym.spaces.Box(-1.0, 1.0, (42,), np.float32), SEVEN, seed=2)
+    model = tiny_model(ConnectFourEnv().observation_space, SEVEN, seed=2)
     env = ConnectFourEnv(opponent_depth=1, opponent_blunder=1.0)
     result = evaluate(make_agent(name, model, **options), env, episodes=3, seed=0)
     assert len(result.returns) == 3 and set(result.returns) <= {-1.0, 0.0, 1.0}

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 from simagents.data.minari_io import load_dataset, save_dataset
 from simagents.envs import TESTBEDS, get_testbed
-from simagents.envs.connect_four import POPULATION, ConnectFourEnv, position_from_observation
+from simagents.envs.connect_four import PLANES, POPULATION, ConnectFourEnv, observe, position_from_observation
 from simagents.envs.connect_four_engine import Position
 from simagents.errors import SimagentsError
 
@@ -29,10 +29,10 @@ def test_env_checker(params: dict) -> None:
 def test_mask_in_every_info_and_a_full_column_is_an_error() -> None:
     env = ConnectFourEnv(agent_first=1.0, opponent_depth=1, opponent_blunder=0.0)
     observation, info = env.reset(seed=0)
-    assert not observation.any() and info["action_mask"].dtype == np.int8
+    assert not observation[:84].any() and info["action_mask"].dtype == np.int8
     assert info["action_mask"].tolist() == [1] * 7
     observation, _, _, _, info = env.step(0)
-    assert info["action_mask"].tolist() == [1] * 7 and np.count_nonzero(observation) == 2
+    assert info["action_mask"].tolist() == [1] * 7 and np.count_nonzero(observation[:84]) == 2
     env.position = Position.from_moves("000000")  # column 0 full, no four: the agent to move
     info = env.step(1)[-1]
     assert info["action_mask"].tolist() == [0, 1, 1, 1, 1, 1, 1]
@@ -41,11 +41,16 @@ def test_mask_in_every_info_and_a_full_column_is_an_error() -> None:
         env.step(0)
 
 
+def stone_balance(observation: np.ndarray) -> float:
+    """The agent's stones minus the opponent's, from the observation's two planes."""
+    return float(observation[:42].sum() - observation[42:84].sum())
+
+
 @pytest.mark.parametrize(("agent_first", "stones"), [(1.0, 0), (0.0, 1)])
 def test_sides_rewards_and_observation(agent_first: float, stones: int) -> None:
     env = ConnectFourEnv(agent_first=agent_first, opponent_depth=2, opponent_blunder=0.0)
     observation, _ = env.reset(seed=3)
-    assert np.count_nonzero(observation) == stones and observation.sum() == -stones
+    assert np.count_nonzero(observation[:84]) == stones and stone_balance(observation) == -stones
     # A random agent loses to a blunder-free searcher; the loss pays −1 and ends the game.
     rng = np.random.default_rng(0)
     total, terminated = 0.0, False
@@ -55,7 +60,9 @@ def test_sides_rewards_and_observation(agent_first: float, stones: int) -> None:
         observation, reward, terminated, _, info = env.step(int(rng.choice(position.legal_moves())))
         total += reward
     assert total == -1.0 and info["outcome"] == "loss" and not info["action_mask"].any()
-    assert observation.sum() == -stones  # the opponent moved last: as many stones as at the start, relatively
+    assert (
+        stone_balance(observation) == -stones
+    )  # the opponent moved last: as many stones as at the start, relatively
     with pytest.raises(gym.error.ResetNeeded):
         env.step(3)
 
@@ -66,7 +73,51 @@ def test_agent_win_pays_plus_one() -> None:
     env.position = Position.from_moves("061626")  # the agent (first) has 0, 1, 2 on the bottom row
     observation, reward, terminated, _, info = env.step(3)
     assert (reward, terminated, info["outcome"]) == (1.0, True, "win")
-    assert observation.sum() == 1  # the agent made the last move
+    assert stone_balance(observation) == 1  # the agent made the last move
+
+
+def planes_of(position: Position, agent_to_move: bool = True) -> dict[str, np.ndarray]:
+    planes = observe(position, agent_to_move).reshape(len(PLANES), 6, 7)
+    return dict(zip(PLANES, planes, strict=True))
+
+
+def test_tactic_planes_mark_playable_cells_and_fours_in_one() -> None:
+    # The agent (first) has columns 0-2 of the bottom row, the opponent three up column 6.
+    planes = planes_of(Position.from_moves("061626"))
+    counts = {name: int(plane.sum()) for name, plane in planes.items()}
+    assert counts == {
+        "agent": 3,
+        "opponent": 3,
+        "playable": 7,
+        "agent_wins": 1,
+        "opponent_wins": 1,
+        "under_opponent_fours": 0,
+        "agent_fours": 1,
+        "opponent_fours": 1,
+    }
+    assert planes["agent_wins"][0, 3] == 1  # (row 0, column 3) completes the row and is playable
+    assert planes["opponent_wins"][3, 6] == 1  # on top of the opponent's three: the agent must block
+    assert planes["playable"].argmax(axis=0).tolist() == [1, 1, 1, 0, 0, 0, 3]
+    # Seen by the other side, the same board swaps the sides' planes.
+    swapped = planes_of(Position.from_moves("061626"), agent_to_move=False)
+    for mine, theirs in (
+        ("agent", "opponent"),
+        ("agent_wins", "opponent_wins"),
+        ("agent_fours", "opponent_fours"),
+    ):
+        np.testing.assert_array_equal(swapped[mine], planes[theirs])
+
+
+def test_a_cell_under_the_opponents_four_is_marked() -> None:
+    # The agent has three on the bottom row (columns 1-3), the opponent three on top of them:
+    # columns 0 and 4 win for the agent at once, and a stone there gives the opponent row 1.
+    board = np.zeros((6, 7), dtype=np.int8)
+    board[0, 1:4], board[1, 1:4] = 1, -1
+    planes = planes_of(Position.from_board(board))
+    for name in ("agent_wins", "under_opponent_fours"):
+        assert planes[name][0].tolist() == [1, 0, 0, 0, 1, 0, 0] and planes[name][1:].sum() == 0
+    assert not planes["opponent_wins"].any()
+    assert planes["opponent_fours"][1].tolist() == [1, 0, 0, 0, 1, 0, 0]
 
 
 def test_bad_params_are_simagents_errors() -> None:
@@ -74,8 +125,10 @@ def test_bad_params_are_simagents_errors() -> None:
         gym.make(ENV_ID, opponent_blunder=2.0)
     with pytest.raises(SimagentsError, match="opponent_depth must be between 1 and 8"):
         gym.make(ENV_ID, opponent_depth=0)
-    with pytest.raises(SimagentsError, match="42 values"):
+    with pytest.raises(SimagentsError, match="336 values"):
         position_from_observation(np.zeros(5))
+    with pytest.raises(SimagentsError, match="a stone of each side"):
+        position_from_observation(np.ones(336))
 
 
 def test_demonstrations_label_players_and_are_deterministic(tmp_path, monkeypatch) -> None:

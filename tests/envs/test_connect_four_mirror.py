@@ -13,7 +13,7 @@ def test_mirror_reflects_columns_and_keeps_the_game_legal() -> None:
         np.testing.assert_array_equal(image.actions, 6 - game.actions)
         np.testing.assert_array_equal(mirror(image).observations, game.observations)
         for t in range(len(image)):
-            board = image.observations[t].reshape(6, 7)
-            np.testing.assert_array_equal(board, game.observations[t].reshape(6, 7)[:, ::-1])
+            planes = image.observations[t].reshape(8, 6, 7)
+            np.testing.assert_array_equal(planes, game.observations[t].reshape(8, 6, 7)[:, :, ::-1])
             assert int(image.actions[t]) in position_from_observation(image.observations[t]).legal_moves()
     assert any(not np.array_equal(mirror(g).actions, g.actions) for g in games)

@@ -85,6 +85,14 @@ def playable(mask: int) -> int:
     return (mask + BOTTOM) & BOARD
 
 
+_CELL_BITS = [1 << (c * _STRIDE + r) for r in range(ROWS) for c in range(COLUMNS)]
+
+
+def cells(bits: int) -> np.ndarray:
+    """(42,) bool, one per cell of a bitboard: cell ``(row, column)`` at ``7 * row + column``."""
+    return np.array([bool(bits & bit) for bit in _CELL_BITS])
+
+
 def column_of(bit: int) -> int:
     """The column of a single-bit move."""
     return (bit.bit_length() - 1) // _STRIDE
@@ -160,15 +168,7 @@ class Position:
 
     def board(self) -> np.ndarray:
         """(6, 7) int8, row 0 at the bottom: +1 stones of the side to move, −1 the other side's."""
-        out = np.zeros((ROWS, COLUMNS), dtype=np.int8)
-        for c in range(COLUMNS):
-            for r in range(ROWS):
-                bit = 1 << (c * _STRIDE + r)
-                if self.current & bit:
-                    out[r, c] = 1
-                elif self.mask & bit:
-                    out[r, c] = -1
-        return out
+        return (cells(self.current).astype(np.int8) - cells(self.opponent)).reshape(ROWS, COLUMNS)
 
     @classmethod
     def from_board(cls, board: np.ndarray) -> Position:

@@ -10,7 +10,8 @@ frequent class gives chance.
 state at the return token (the policy's input) with the return and the label left
 *unknown*, as imitation acts: whatever the simulator knows there about who is playing or how
 the episode will end, it inferred from the history. The raw features are the observation
-``x`` and ``x**2`` (for a board of -1/0/+1 cells, a one-hot code of each cell's three values).
+``x`` and ``x**2`` (for cells of -1/0/+1, a one-hot code of each cell's three values; for
+Connect Four's 0/1 planes, the stones and the immediate tactics the observation carries).
 
 Nothing here knows a testbed: the targets (e.g. each episode's behaviour-policy label, its
 final outcome) are the caller's.
