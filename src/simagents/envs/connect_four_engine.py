@@ -168,7 +168,8 @@ class Position:
 
     def board(self) -> np.ndarray:
         """(6, 7) int8, row 0 at the bottom: +1 stones of the side to move, −1 the other side's."""
-        return (cells(self.current).astype(np.int8) - cells(self.opponent)).reshape(ROWS, COLUMNS)
+        board: np.ndarray = cells(self.current).astype(np.int8) - cells(self.opponent)
+        return board.reshape(ROWS, COLUMNS)
 
     @classmethod
     def from_board(cls, board: np.ndarray) -> Position:
