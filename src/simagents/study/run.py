@@ -249,17 +249,18 @@ def _decision(name: str) -> Callable[[Path, Profile, int, bool], dict[str, Any]]
     return lambda folder, profile, seed, progress: run_decision_cell(folder, name, profile, seed, progress)
 
 
-# Relative costs, measured at the quick profile (one torch thread, 2026-12-01): a decision testbed
-# 40-80 s (1), prophecy 3.5 min, Connect Four 5 min, CartPole ~5 min, DoorKey ~6 min.
+# Relative costs, measured at the quick profile (one torch thread, two cells at a time, 2026-12-01):
+# a decision testbed 40-80 s (1), prophecy 5 min, Connect Four 7 min, CartPole and DoorKey 13-14 min
+# (2,000 training steps).
 CELLS: dict[str, Cell] = {
     **{
         name: Cell(_decision(name), cost=1.0, resumable=False)
         for name in ("newcomb", "twin_pd", "smoking_lesion", "delusion_boxes", "gamble")
     },
-    "prophecy": Cell(run_prophecy_cell, cost=4.0, resumable=False),
-    "connect_four": Cell(run_connect_four_cell, cost=6.0, resumable=False),
-    "cartpole": Cell(_control("CartPole-v1"), cost=6.0, resumable=True),
-    "doorkey": Cell(_control("simagents/DoorKey-5x5-v0"), cost=7.0, resumable=True),
+    "prophecy": Cell(run_prophecy_cell, cost=5.0, resumable=False),
+    "connect_four": Cell(run_connect_four_cell, cost=7.0, resumable=False),
+    "cartpole": Cell(_control("CartPole-v1"), cost=13.0, resumable=True),
+    "doorkey": Cell(_control("simagents/DoorKey-5x5-v0"), cost=13.5, resumable=True),
 }
 
 
