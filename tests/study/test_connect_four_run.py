@@ -84,15 +84,17 @@ def test_cli_dispatches_to_the_connect_four_runner(
 @pytest.mark.slow
 def test_the_label_sets_who_imitation_plays_like(tmp_path: Path) -> None:
     """Of the issue's 'what must show', what the default budget reaches: conditioned on the
-    weakest player's label, imitation plays more widely than on the strongest's, as the players
-    themselves do, and the label makes that player's held-out moves likelier; the player probe
-    on the hidden states beats chance by a wide margin. (At this budget the blunder rates of the
-    conditioned imitators do not yet separate: see the README's Connect Four figures.)"""
+    weakest player's label, imitation plays more widely and blunders more often than on the
+    strongest's, as the players themselves do (measured 0.175 against 0.077; on the bare +1/-1
+    board of before the tactic planes 0.184 against 0.156, which fails here), and the label
+    makes that player's held-out moves likelier; the player probe on the hidden states beats
+    chance by a wide margin."""
     agents = ["imitation[random]", "imitation[expert]"]
     results = run_connect_four(out=tmp_path / "run", budget="default", agents=agents)
     weak, strong = (results["agents"][name] for name in agents)
     assert weak["data_blunder_rate"] > strong["data_blunder_rate"]
     assert weak["move_entropy"] > strong["move_entropy"] + 0.1
+    assert weak["blunder_rate"] > strong["blunder_rate"] + 0.05
     nll = results["label_nll"]["random"]
     assert nll["own_label"] < nll["unknown_label"] - 0.1
     probe = results["probes"]["player"]
