@@ -12,9 +12,8 @@ The agent moves first with probability ``agent_first`` (drawn at each reset).
   (where a stone dropped in a column lands); the playable cells where the agent would complete
   four (its wins in one); those where the opponent would (the cells it must block); the
   playable cells right under a cell where the opponent would (a stone there lets the
-  opponent win on top); the empty
-  cells, playable or not, where the agent would complete four; those where the opponent
-  would. The agent is always the side to move when it observes. All but the first two planes
+  opponent win on top); the empty cells, playable or not, where the agent would complete
+  four; those where the opponent would. The agent is always the side to move when it observes. All but the first two planes
   are the board's immediate tactics, computed from the stones (as AlphaGo's inputs carried
   liberties): with them a simulator of this budget can tell a player who acts on a threat
   from one who overlooks it, which from the bare stones it did not learn (measured at the

@@ -85,12 +85,13 @@ def playable(mask: int) -> int:
     return (mask + BOTTOM) & BOARD
 
 
-_CELL_BITS = [1 << (c * _STRIDE + r) for r in range(ROWS) for c in range(COLUMNS)]
+# Bit index of each cell, in cell order; a bitboard's 49 bits fit in one uint64.
+_CELL_SHIFTS = np.array([c * _STRIDE + r for r in range(ROWS) for c in range(COLUMNS)], dtype=np.uint64)
 
 
 def cells(bits: int) -> np.ndarray:
     """(42,) bool, one per cell of a bitboard: cell ``(row, column)`` at ``7 * row + column``."""
-    return np.array([bool(bits & bit) for bit in _CELL_BITS])
+    return ((np.uint64(bits) >> _CELL_SHIFTS) & np.uint64(1)).astype(bool)
 
 
 def column_of(bit: int) -> int:
