@@ -76,14 +76,33 @@ def test_outcome_rates() -> None:
 )
 def test_move_entropy_and_kl_in_shared_positions(agent_columns: list[int], entropy: float, kl: float) -> None:
     empty, elsewhere = Position(), Position.from_moves("0")
-    data = [(empty, 3), (empty, 3), (empty, 2), (empty, 2)]
+    data = [(empty, 3), (empty, 3), (empty, 2), (empty, 2), (elsewhere, 6)]
     # Smoothing 0.5 on the 7 legal columns: q(3) = q(2) = 2.5 / 7.5 = 1/3.
-    agent = [(empty, c) for c in agent_columns] + [(elsewhere, 6)] * 3  # not in the data: ignored
-    stats = move_statistics(agent, data, smoothing=0.5)
+    agent = [(empty, c) for c in agent_columns] + [(elsewhere, 6)] * 3  # the data's one visit: ignored
+    stats = move_statistics(agent, data, min_data_visits=2, smoothing=0.5)
     assert stats["move_entropy"] == pytest.approx(entropy)
     assert stats["kl_to_data"] == pytest.approx(kl)
     assert stats["shared_positions"] == 1 and stats["shared_moves"] == 4
-    assert math.isnan(move_statistics([(elsewhere, 1)], data)["kl_to_data"])
+    # With one visit enough, the position after "0" counts too: p(6) = 1, q(6) = 1.5 / 4.5.
+    both = move_statistics(agent, data, min_data_visits=1, smoothing=0.5)
+    assert both["kl_to_data"] == pytest.approx((4 * kl + 3 * math.log(3.0)) / 7)
+    assert math.isnan(move_statistics([(Position.from_moves("1"), 1)], data)["kl_to_data"])
+
+
+@pytest.mark.parametrize("p_centre", [1.0, 0.5])
+def test_an_agents_policies_replace_its_move_counts(p_centre: float) -> None:
+    # Two visits that both drew column 3 from p: the counts say p(3) = 1, the policies say p_centre.
+    empty = Position()
+    data = [(empty, 3)] * 3 + [(empty, 2)] * 3
+    policy = np.zeros(7)
+    policy[3], policy[2] = p_centre, 1 - p_centre
+    stats = move_statistics([(empty, 3)] * 2, data, [policy, policy], min_data_visits=1)
+    played = policy > 0
+    q = (np.array([0, 0, 3, 3, 0, 0, 0]) + 0.5) / 9.5
+    assert stats["move_entropy"] == pytest.approx(-(policy[played] * np.log(policy[played])).sum())
+    assert stats["kl_to_data"] == pytest.approx((policy[played] * np.log(policy[played] / q[played])).sum())
+    with pytest.raises(ValueError, match="1 policies for 2 moves"):
+        move_statistics([(empty, 3)] * 2, data, [policy])
 
 
 @pytest.mark.parametrize("score", [0.75, 0.25])
@@ -107,6 +126,7 @@ def test_agents_are_measured_through_their_games() -> None:
     again = play_games(strong, 6, seed=0, **kwargs)
     assert games.outcomes == again.outcomes and [m[1] for m in games.moves] == [m[1] for m in again.moves]
     assert all(column in position.legal_moves() for position, column in games.moves)
+    assert games.policies == [None] * len(games.moves)  # an engine player reports no policy
     weak_games = play_games(weak, 6, seed=0, **kwargs)
     assert outcome_rates(games.outcomes)["score"] > outcome_rates(weak_games.outcomes)["score"]
     assert blunder_rate(weak_games.moves)["blunder_rate"] > blunder_rate(games.moves)["blunder_rate"]

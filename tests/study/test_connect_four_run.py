@@ -10,6 +10,7 @@ from simagents.cli import main
 from simagents.envs.connect_four import POPULATION
 from simagents.errors import SimagentsError
 from simagents.study.connect_four import run_connect_four
+from simagents.study.report import connect_four_interpretation
 
 METRICS = (
     "win_rate",
@@ -41,6 +42,12 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         assert math.isclose(entry["win_rate"] + entry["draw_rate"] + entry["loss_rate"], 1.0)
         assert 0 <= entry["blunder_rate"] <= 1
     assert results["population"]["random"]["elo"] == 0.0  # the scale's anchor
+    # Move statistics come from the policies the sampling agents drew from; edt takes an argmax.
+    assert {name: e["sampling"] for name, e in results["agents"].items()} == {
+        name: name != "edt" for name in expected
+    }
+    edt_entropy = results["agents"]["edt"]["move_entropy"]
+    assert edt_entropy == 0.0 or math.isnan(edt_entropy)
     for player in POPULATION:
         entry = results["agents"][f"imitation[{player}]"]
         assert entry["label"] == player
@@ -99,3 +106,22 @@ def test_the_label_sets_who_imitation_plays_like(tmp_path: Path) -> None:
     assert nll["own_label"] < nll["unknown_label"] - 0.1
     probe = results["probes"]["player"]
     assert probe["hidden"] > probe["chance"] + 0.15
+
+
+@pytest.mark.parametrize(("rl_kl", "collapsed"), [(0.9, True), (0.3, False)])
+def test_the_report_calls_rl_collapsed_against_the_sampling_agents(rl_kl: float, collapsed: bool) -> None:
+    # edt is an argmax (entropy 0, a large KL) and is not compared; imitation samples (KL 0.5).
+    def agent(entropy: float, kl: float, sampling: bool) -> dict:
+        return {"win_rate": 0.3, "move_entropy": entropy, "kl_to_data": kl, "sampling": sampling}
+
+    result = {
+        "population": {"random": {"win_rate": 0.0}, "expert": {"win_rate": 0.8}},
+        "agents": {
+            "imitation": agent(1.3, 0.5, True),
+            "edt": agent(0.0, 2.0, False),
+            "rl": agent(0.2, rl_kl, True),
+        },
+    }
+    text = connect_four_interpretation(result)
+    assert ("the distribution it simulated collapsed" in text) == collapsed
+    assert ("not the most collapsed of the sampling agents" in text) != collapsed

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from simagents.errors import SimagentsError
@@ -96,6 +97,10 @@ class SimulatorAgent:
     """
 
     intervention: bool = False
+    action_probabilities: np.ndarray | None = None
+    """(act_dim,) the distribution the last action was sampled from, where the procedure sampled
+    one from the policy head (Discrete actions); None where it chose otherwise (a planner's
+    argmax). Move statistics read it instead of counting single draws."""
 
     def __init__(self, simulator: Simulator, label: str | None = None) -> None:
         self.simulator = simulator.eval()
@@ -127,6 +132,7 @@ class SimulatorAgent:
             self.context.push_reward(float(reward))
             self.observe_reward(float(reward))
         self.context.push_observation(as_model_input(observation, self.simulator.observation_space))
+        self.action_probabilities = None
         action = self.choose()
         self.context.push_action(action, self.intervention)
         self.started = True
@@ -137,14 +143,22 @@ class SimulatorAgent:
         raise NotImplementedError
 
     def sample_action(self, h_return: Tensor, temperature: float) -> Tensor:
-        """The policy head's sample at R_t (1,d), illegal actions given probability 0: (1,) or (1,act_dim)."""
-        if self.legal is None:
+        """The policy head's sample at R_t (1,d), illegal actions given probability 0: (1,) or (1,act_dim).
+
+        For Discrete actions the distribution it was drawn from is kept in
+        :attr:`action_probabilities` (one-hot at temperature 0)."""
+        if not self.simulator.act_discrete:
             return self.simulator.sample_action(h_return, self.generator, temperature)
-        logits = self.simulator.action_params(h_return).reshape(-1).masked_fill(~self.legal, -torch.inf)
+        logits = self.simulator.action_params(h_return).reshape(-1)
+        if self.legal is not None:
+            logits = logits.masked_fill(~self.legal, -torch.inf)
         if temperature == 0:
             index = logits.argmax().reshape(1)
+            probs = F.one_hot(index[0], logits.numel()).to(logits.dtype)
         else:
-            index = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=self.generator)
+            probs = torch.softmax(logits / temperature, -1)
+            index = torch.multinomial(probs, 1, generator=self.generator)
+        self.action_probabilities = probs.numpy()
         return index + self.simulator.act_start
 
     def observe_reward(self, reward: float) -> None:

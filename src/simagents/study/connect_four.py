@@ -27,13 +27,15 @@
    ``blunder_rate`` ..., ``move_entropy``, ``elo``), ``population_mean`` (the players'
    average of each), ``agents.<name>`` (``win_rate``, ``draw_rate``, ``loss_rate``,
    ``mean_return``, ``blunder_rate``, ``missed_win_rate``, ``losing_move_rate``,
-   ``move_entropy``, ``kl_to_data``, ``elo``, ``score_vs_<player>``; a conditioned imitator
+   ``move_entropy``, ``kl_to_data``, ``sampling``, ``elo``, ``score_vs_<player>``; a conditioned imitator
    also ``label`` and ``data_blunder_rate``, its player's), ``probes``, ``label_nll`` (per
    player, nats per held-out move under its own label and under the unknown one), ``data``,
    ``budget`` and ``timings``.
 
 Move entropy and KL to the data are measured in the positions that both the agent's games
-and the training data reach (:func:`~simagents.envs.connect_four_metrics.move_statistics`).
+and the training data reach, the data at least ``MIN_DATA_VISITS`` times, from the policies a
+sampling agent drew its moves from (:func:`~simagents.envs.connect_four_metrics.move_statistics`);
+``sampling`` says whether an agent is one.
 """
 
 from __future__ import annotations
@@ -248,7 +250,9 @@ def agent_metrics(
         **rates,
         "mean_return": float(np.mean(games.outcomes)),
         **blunder_rate(games.moves),
-        **move_statistics(games.moves, data_moves),
+        **move_statistics(games.moves, data_moves, games.policies),
+        # Drew every move from a policy it reported (imitation, dt, rl), not an argmax (edt).
+        "sampling": all(policy is not None for policy in games.policies),
         **elo_against_population(
             agent, ratings, budget.elo_games, seed=seed + 50_000, agent_first=params["agent_first"]
         ),

@@ -584,7 +584,9 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
             )
     if "rl" in agents:
         rl = agents["rl"]
-        others = [e for a, e in agents.items() if a != "rl"]
+        # Collapse is measured against the agents that sample the simulated distribution too;
+        # an argmax planner (edt) has no distribution to collapse.
+        others = [e for a, e in agents.items() if a != "rl" and e.get("sampling", True)]
         collapsed = all(rl["move_entropy"] <= e["move_entropy"] for e in others) and all(
             rl["kl_to_data"] >= e["kl_to_data"] for e in others
         )
@@ -592,9 +594,10 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
             f"Fine-tuned to win, the policy won {rl['win_rate']:.2f} with move entropy {rl['move_entropy']:.2f} "
             f"and KL to the data {rl['kl_to_data']:.2f}: "
             + (
+                "the lowest entropy and the largest KL of the agents that sample the simulator's moves: "
                 "one agent where there was a population, the distribution it simulated collapsed (seed 003)."
                 if collapsed
-                else "not the most collapsed of the agents at this budget."
+                else "not the most collapsed of the sampling agents at this budget."
             )
         )
     player = result.get("probes", {}).get("player")
