@@ -68,7 +68,9 @@ def test_bad_masks_are_simagents_errors() -> None:
 
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
 @pytest.mark.parametrize("legal", [[2], [0, 6], [1, 3, 4]])
-def test_a_sampling_agent_reports_the_masked_policy_it_drew_from(temperature: float, legal: list[int]) -> None:
+def test_a_sampling_agent_reports_the_masked_policy_it_drew_from(
+    temperature: float, legal: list[int]
+) -> None:
     agent = make_agent("imitation", tiny_model(BOX_OBS, SEVEN, seed=1), temperature=temperature)
     agent.reset(seed=0)
     action = agent.act(np.zeros(3, dtype=np.float32), 0.0, action_mask=mask_of(legal))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,12 +179,12 @@ that the data's frequencies are too few draws to say how its players move."""
 
 
 def move_distributions(
-    moves: Iterable[Move], policies: Iterable[np.ndarray | None] | None = None
+    moves: Sequence[Move], policies: Sequence[np.ndarray | None] | None = None
 ) -> dict[int, tuple[Position, np.ndarray, int]]:
     """Per position key: the position, the summed move distributions of its visits (7,) and the
     number of visits. A visit adds its policy where one is given, else a count on its move."""
     out: dict[int, tuple[Position, np.ndarray, int]] = {}
-    for (position, column), policy in zip(moves, policies if policies is not None else repeat(None)):
+    for (position, column), policy in zip(moves, policies or [None] * len(moves), strict=True):
         _, total, visits = out.setdefault(position.key(), (position, np.zeros(COLUMNS), 0))
         if policy is None:
             total[column] += 1
@@ -197,7 +196,7 @@ def move_distributions(
 
 def move_statistics(
     agent_moves: Sequence[Move],
-    data_moves: Iterable[Move],
+    data_moves: Sequence[Move],
     agent_policies: Sequence[np.ndarray | None] | None = None,
     min_data_visits: int = MIN_DATA_VISITS,
     smoothing: float = 0.5,
