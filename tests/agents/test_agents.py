@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -178,9 +179,33 @@ def test_agent_registry_errors():
         make_agent("oracle", model)
     with pytest.raises(SimagentsError, match="temperature"):
         make_agent("imitation", model, temperature=-1)
+    with pytest.raises(SimagentsError, match="temperature"):
+        make_agent("dt", model, temperature=-1)
     with pytest.raises(SimagentsError, match="percentile"):
         make_agent("dt", model, target="best")
     assert {"imitation", "dt", "edt", "cdt"} <= set(AGENTS)
+
+
+@pytest.mark.parametrize("favoured", [0, 2])
+def test_dt_takes_the_policys_mode_unless_told_to_sample(favoured: int):
+    # The policy head's bias alone decides: action `favoured` at probability e^1.5 / (e^1.5 + 2).
+    model = tiny_model(act_space=gym.spaces.Discrete(3))
+    with torch.no_grad():
+        model.action_head.weight.zero_()
+        model.action_head.bias.zero_()
+        model.action_head.bias[favoured] = 1.5
+    observation = np.zeros(3, dtype=np.float32)
+    greedy, sampled = make_agent("dt", model), make_agent("dt", model, temperature=1.0)
+    chosen = {"greedy": [], "sampled": []}
+    for seed in range(40):
+        for name, agent in (("greedy", greedy), ("sampled", sampled)):
+            agent.reset(seed=seed)
+            chosen[name].append(agent.act(observation))
+    assert chosen["greedy"] == [favoured] * 40
+    assert greedy.action_probabilities[favoured] == 1.0
+    assert len(set(chosen["sampled"])) > 1 and sampled.action_probabilities[favoured] == pytest.approx(
+        math.exp(1.5) / (math.exp(1.5) + 2)
+    )
 
 
 def test_dt_lowers_its_target_by_the_rewards_received():

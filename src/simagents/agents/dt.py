@@ -1,8 +1,16 @@
 """Route 2, consequence conditioning: the Decision Transformer.
 
-Prompt a return-to-go, sample one action, lower the target by each reward. Fast
-and able to beat its data, but a target the data cannot reach, or reached only by
-luck, misleads it. ``expert=κ`` replaces the fixed target by Multi-Game DT's
+Prompt a return-to-go, take the policy's most likely action, lower the target by each
+reward. Fast and able to beat its data, but a target the data cannot reach, or reached
+only by luck, misleads it.
+
+``temperature`` 0 (the default) acts on the mode of P(a | R, history), as the Decision
+Transformer does for continuous actions; ``temperature=1`` samples it, as its Atari code
+and d3rlpy's discrete version do. Sampled, it also plays the moves of players who reached
+the target by luck, and the simulator's own spread: measured on the quick study's
+simulators (2,000 steps, seed 0), CartPole 456.1 ± 131.8 at temperature 1 against 500.0 ± 0.0
+at 0 (best behaviour policy 500), DoorKey 0.571 against 0.814 (best 0.822), Connect Four
+0.24 of its games won against 0.61 (the population's average 0.44). ``expert=κ`` replaces the fixed target by Multi-Game DT's
 expert sampling: each step draws R from P(R | history) · exp(κ·R), κ in units of
 the data's return range.
 """
@@ -46,9 +54,11 @@ class DecisionTransformerAgent(SimulatorAgent):
         self,
         simulator: Simulator,
         target: float | str = "max",
-        temperature: float = 1.0,
+        temperature: float = 0.0,
         expert: float | None = None,
     ) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.initial_target = resolve_target(simulator, target)
         self.temperature = temperature
         self.expert = expert
