@@ -15,7 +15,6 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from simagents.errors import SimagentsError
@@ -99,8 +98,8 @@ class SimulatorAgent:
     intervention: bool = False
     action_probabilities: np.ndarray | None = None
     """(act_dim,) the distribution the last action was sampled from, where the procedure sampled
-    one from the policy head (Discrete actions); None where it chose otherwise (a planner's
-    argmax). Move statistics read it instead of counting single draws."""
+    one from the policy head (Discrete actions); None where it chose deterministically (a
+    planner's argmax, temperature 0). Move statistics read it instead of counting single draws."""
 
     def __init__(self, simulator: Simulator, label: str | None = None) -> None:
         self.simulator = simulator.eval()
@@ -146,20 +145,17 @@ class SimulatorAgent:
         """The policy head's sample at R_t (1,d), illegal actions given probability 0: (1,) or (1,act_dim).
 
         For Discrete actions the distribution it was drawn from is kept in
-        :attr:`action_probabilities` (one-hot at temperature 0)."""
+        :attr:`action_probabilities` (None at temperature 0: a choice, not a draw)."""
         if not self.simulator.act_discrete:
             return self.simulator.sample_action(h_return, self.generator, temperature)
         logits = self.simulator.action_params(h_return).reshape(-1)
         if self.legal is not None:
             logits = logits.masked_fill(~self.legal, -torch.inf)
         if temperature == 0:
-            index = logits.argmax().reshape(1)
-            probs = F.one_hot(index[0], logits.numel()).to(logits.dtype)
-        else:
-            probs = torch.softmax(logits / temperature, -1)
-            index = torch.multinomial(probs, 1, generator=self.generator)
+            return logits.argmax().reshape(1) + self.simulator.act_start
+        probs = torch.softmax(logits / temperature, -1)
         self.action_probabilities = probs.numpy()
-        return index + self.simulator.act_start
+        return torch.multinomial(probs, 1, generator=self.generator) + self.simulator.act_start
 
     def observe_reward(self, reward: float) -> None:
         """Hook: the reward just received (e.g. a Decision Transformer lowers its target)."""

@@ -584,21 +584,26 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
             )
     if "rl" in agents:
         rl = agents["rl"]
-        # Collapse is measured against the agents that sample the simulated distribution too;
-        # an argmax planner (edt) has no distribution to collapse.
-        others = [e for a, e in agents.items() if a != "rl" and e.get("sampling", True)]
-        collapsed = all(rl["move_entropy"] <= e["move_entropy"] for e in others) and all(
-            rl["kl_to_data"] >= e["kl_to_data"] for e in others
+        # Collapse is measured against the population the simulator simulates: the imitators that
+        # sample it without being told a player (rl starts from that policy). An argmax (edt, dt)
+        # has no distribution to collapse; an imitator told a player is meant to leave the mixture.
+        others = [e for a, e in agents.items() if a != "rl" and e.get("sampling", True) and "label" not in e]
+        collapsed = all(rl["move_entropy"] < e["move_entropy"] for e in others) and all(
+            rl["kl_to_data"] > e["kl_to_data"] for e in others
+        )
+        verdict = (
+            "."
+            if not others
+            else (
+                ", below the unconditioned imitator's entropy and above its KL: one agent where there "
+                "was a population, the distribution it simulated collapsed (seed 003)."
+                if collapsed
+                else ": not collapsed below the unconditioned imitator at this budget."
+            )
         )
         parts.append(
             f"Fine-tuned to win, the policy won {rl['win_rate']:.2f} with move entropy {rl['move_entropy']:.2f} "
-            f"and KL to the data {rl['kl_to_data']:.2f}: "
-            + (
-                "the lowest entropy and the largest KL of the agents that sample the simulator's moves: "
-                "one agent where there was a population, the distribution it simulated collapsed (seed 003)."
-                if collapsed
-                else "not the most collapsed of the sampling agents at this budget."
-            )
+            f"and KL to the data {rl['kl_to_data']:.2f}{verdict}"
         )
     player = result.get("probes", {}).get("player")
     if player:
