@@ -224,7 +224,7 @@ def testbed_command(
             imitation conditioned on player NAME, and imitation[labels], one per player).
         seed: Seed of the data, the training and the evaluation.
         budget: Data, training and evaluation budget: default (minutes), fast (for tests), or for
-            connect_four full (three times the games and steps, ~16 min).
+            connect_four full (three times the games and steps, ~18 min).
         sweep: prophecy only: values to sweep, e.g. --sweep gamma=0,0.5,0.9,0.99 (the rl agent is
             fine-tuned once per discount; OUT/figures/index_vs_gamma.png plots each agent's index).
     """
