@@ -168,6 +168,13 @@ class SimulatorAgent:
         return {k: float(np.mean([r[k] for r in self.step_records])) for k in keys}
 
 
+def check_temperature(temperature: float) -> float:
+    """A sampling temperature, refused below 0 (0 takes the policy's mode)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return temperature
+
+
 def legal_actions(action_mask: Any, simulator: Simulator) -> Tensor | None:
     """An env's action mask as a (act_dim,) bool tensor; None if there is no mask.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from simagents.agents.base import SimulatorAgent, register_agent
+from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
 from simagents.model import Simulator
 
 
@@ -57,10 +57,8 @@ class DecisionTransformerAgent(SimulatorAgent):
         temperature: float = 0.0,
         expert: float | None = None,
     ) -> None:
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.initial_target = resolve_target(simulator, target)
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         self.expert = expert
         super().__init__(simulator)
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from simagents.agents.base import SimulatorAgent, register_agent
+from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
 from simagents.model import Simulator
 
 
 @register_agent("imitation")
 class ImitationAgent(SimulatorAgent):
     def __init__(self, simulator: Simulator, temperature: float = 1.0, label: str | None = None) -> None:
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         super().__init__(simulator, label=label)
 
     def choose(self) -> Tensor:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from simagents.agents.base import SimulatorAgent, register_agent
+from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, to_dict
 from simagents.model import Simulator
@@ -106,9 +106,7 @@ class RLAgent(SimulatorAgent):
     """
 
     def __init__(self, simulator: Simulator, temperature: float = 1.0) -> None:
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_temperature(temperature)
         self.record = False
         self.features: list[Tensor] = []
         self.drawn: list[Tensor] = []
