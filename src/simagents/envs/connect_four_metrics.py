@@ -185,12 +185,13 @@ def move_distributions(
     number of visits. A visit adds its policy where one is given, else a count on its move."""
     out: dict[int, tuple[Position, np.ndarray, int]] = {}
     for (position, column), policy in zip(moves, policies or [None] * len(moves), strict=True):
-        _, total, visits = out.setdefault(position.key(), (position, np.zeros(COLUMNS), 0))
+        key = position.key()
+        _, total, visits = out.get(key, (position, np.zeros(COLUMNS), 0))
         if policy is None:
             total[column] += 1
         else:
             total += np.asarray(policy, dtype=np.float64)
-        out[position.key()] = (position, total, visits + 1)
+        out[key] = (position, total, visits + 1)
     return out
 
 
