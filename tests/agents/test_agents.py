@@ -215,3 +215,94 @@ def test_dt_lowers_its_target_by_the_rewards_received():
         agent.act(np.zeros(3, dtype=np.float32), reward)
     prompted = [r["prompted_return"] for r in agent.step_records]
     assert prompted == [10.0, 8.5, 6.5]
+
+
+def bandit_simulator(tmp_path: Path, win_rates: tuple[float, float]) -> Simulator:
+    """A simulator of a one-step bandit's observational data: the demonstrator pulls arm 0 60%
+    of the time, and arm i pays 1 with probability ``win_rates[i]``, else 0."""
+    rng = np.random.default_rng(0)
+    obs_space, act_space = gym.spaces.Discrete(1), gym.spaces.Discrete(2)
+    actions = (rng.random(1500) < 0.4).astype(np.int64)
+    rewards = (rng.random(1500) < np.asarray(win_rates)[actions]).astype(np.float64)
+    episodes = [
+        episode_from_arrays(
+            observations=np.zeros(2, dtype=np.int64),
+            actions=actions[i : i + 1],
+            rewards=rewards[i : i + 1],
+            terminations=np.array([True]),
+            truncations=np.array([False]),
+            observation_space=obs_space,
+            action_space=act_space,
+        )
+        for i in range(len(actions))
+    ]
+    path = save_dataset(episodes, tmp_path / "data", observation_space=obs_space, action_space=act_space)
+    cfg = TrainConfig(
+        data=(str(path),),
+        out=tmp_path / "run",
+        model=SimulatorConfig(context_len=1, n_embd=32, n_layer=1, n_head=1, n_return_bins=21),
+        steps=300,
+        batch_size=128,
+        lr=3e-3,
+        warmup_steps=20,
+        eval_every=300,
+        log_every=300,
+    )
+    return Simulator.load(train(cfg, progress=False))
+
+
+@pytest.mark.parametrize(("win_rates", "best"), [((0.8, 0.3), 0), ((0.2, 0.7), 1)])
+def test_bayes_rule_over_the_return_conditioned_policy_values_each_arm(tmp_path: Path, win_rates, best):
+    from simagents.agents.planner import Trajectory, bayes_action_values
+
+    model = bandit_simulator(tmp_path, win_rates)
+    with torch.no_grad():
+        values = bayes_action_values(model, Trajectory([torch.tensor(0)], [], []), torch.arange(2)).numpy()
+        ctx = Context(model)
+        ctx.push_observation(torch.tensor(0))
+        ctx.push_return(None)
+        head = ctx.evaluate_actions(torch.arange(2), intervention=False).expected_return.numpy()
+    # P(R | a) from P(R) P(a | R): each arm's own win rate, as the action-value head reads it.
+    assert values == pytest.approx(win_rates, abs=0.12)
+    assert np.abs(values - head).max() < 0.15
+    agent = make_agent("edt", model, value="bayes")
+    agent.reset(seed=0)
+    assert agent.act(0) == best
+    assert agent.episode_metrics()["predicted_return"] == pytest.approx(win_rates[best], abs=0.12)
+
+
+def test_bayes_rule_is_for_evidence_and_the_step_itself():
+    model = hand_set_planner_model([1.0, 3.0, -2.0])
+    with pytest.raises(SimagentsError, match="intervention"):
+        make_agent("cdt", model, value="bayes")
+    with pytest.raises(SimagentsError, match="horizon=0"):
+        make_agent("edt", model, value="bayes", horizon=2)
+    with pytest.raises(SimagentsError, match="value must be one of head, bayes"):
+        make_agent("edt", model, value="posterior")
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), [(BOX_OBS, DISCRETE_ACT), (BOX_OBS, BOX_ACT)])
+@torch.no_grad()
+def test_bayes_planner_rereads_the_episode_it_played(obs_space, act_space):
+    # Past the context (4 steps) the window slides; each choice is the argmax of Bayes' rule over
+    # the episode so far, as scored from the agent's own record of it.
+    from simagents.agents.planner import bayes_action_values
+
+    model = tiny_model(obs_space, act_space, seed=5)
+    agent = make_agent("edt", model, value="bayes", support=0.0, candidates=6)
+    agent.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for t in range(7):
+        obs = rng.normal(size=3).astype(np.float32)
+        action = agent.act(obs, reward=float(t % 3))
+        assert len(agent.trajectory.observations) == t + 1
+        assert len(agent.trajectory.rewards) == t
+        assert len(agent.trajectory.actions) == t + 1  # this step's choice appended
+        if model.act_discrete:
+            last = agent.trajectory.actions.pop()  # score the step as it was before the choice
+            values = bayes_action_values(model, agent.trajectory, torch.arange(3))
+            agent.trajectory.actions.append(last)
+            assert action == int(values.argmax())
+        assert agent.episode_metrics()["predicted_return"] == pytest.approx(
+            np.mean([r["predicted_return"] for r in agent.step_records])
+        )
