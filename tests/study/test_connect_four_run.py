@@ -34,7 +34,7 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
     out, results = fast_run
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["testbed"] == "connect_four" and results["params"]["opponent_depth"] == 1
-    expected = ["imitation", *(f"imitation[{p}]" for p in POPULATION), "dt", "edt", "rl"]
+    expected = ["imitation", *(f"imitation[{p}]" for p in POPULATION), "dt", "edt", "edt[value=bayes]", "rl"]
     assert list(results["agents"]) == expected
     for name, entry in [*results["agents"].items(), *results["population"].items()]:
         for key in METRICS:
@@ -43,10 +43,11 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         assert 0 <= entry["blunder_rate"] <= 1
     assert results["population"]["random"]["elo"] == 0.0  # the scale's anchor
     # Move statistics come from the policies the sampling agents drew from; dt and edt take an argmax.
+    argmax = ("dt", "edt", "edt[value=bayes]")
     assert {name: e["sampling"] for name, e in results["agents"].items()} == {
-        name: name not in ("dt", "edt") for name in expected
+        name: name not in argmax for name in expected
     }
-    for name in ("dt", "edt"):
+    for name in argmax:
         entropy = results["agents"][name]["move_entropy"]
         assert entropy == 0.0 or math.isnan(entropy)
     for player in POPULATION:
@@ -72,6 +73,7 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         (["imitation[grandmaster]"], "no player 'grandmaster'"),
         (["dt[club]"], "only imitation takes a player label"),
         (["oracle"], "unknown agent"),
+        (["oracle[value=bayes]"], "unknown agent"),
     ],
 )
 def test_bad_agents_fail_before_anything_is_written(tmp_path: Path, agents: list[str], message: str) -> None:
@@ -121,10 +123,19 @@ def test_the_report_calls_rl_collapsed_against_the_simulated_population(
     # rl is compared with the imitator it was fine-tuned from (KL 0.5), not with an argmax
     # (edt: entropy 0, KL 2.0) nor with an imitator told to play one player (KL 1.5).
     def agent(entropy: float, kl: float, sampling: bool) -> dict:
-        return {"win_rate": 0.3, "move_entropy": entropy, "kl_to_data": kl, "sampling": sampling}
+        return {
+            "win_rate": 0.3,
+            "blunder_rate": 0.05,
+            "move_entropy": entropy,
+            "kl_to_data": kl,
+            "sampling": sampling,
+        }
 
     result = {
-        "population": {"random": {"win_rate": 0.0}, "expert": {"win_rate": 0.8}},
+        "population": {
+            "random": {"win_rate": 0.0, "blunder_rate": 0.2},
+            "expert": {"win_rate": 0.8, "blunder_rate": 0.0},
+        },
         "agents": {
             "imitation": agent(1.3, 0.5, True),
             "imitation[random]": {**agent(1.9, 1.5, True), "label": "random", "blunder_rate": 0.2},

@@ -16,6 +16,8 @@
      in its context;
    - ``dt``: conditioned on winning (the data's best return);
    - ``edt``: the planner, scoring every column by the action-value head;
+   - ``edt[value=bayes]``: the same planner, scoring by Bayes' rule over the policy prompted
+     with each outcome;
    - ``rl``: the policy head fine-tuned by PPO against the reference opponent
      (``DIR/rl``), acting with the label and the return unknown;
 
@@ -94,7 +96,8 @@ class ConnectFourBudget:
     """Training steps of the simulator (held-out action NLL at width 128, on the bare board before
     the observation's tactic planes: 1.64 nats after 500 steps, 1.55 after 1000, still falling)."""
     batch_size: int = 64
-    """Windows (whole games) per training step."""
+    """Windows per training step, each from a random step of a game to its end (drawing whole
+    games instead, uniformly or by length, measured no better on the labels' blunders)."""
     lr: float = 1e-3
     """Peak learning rate of the simulator."""
     n_embd: int = 128
@@ -168,8 +171,10 @@ BUDGETS = {
     ),
 }
 
-DEFAULT_AGENTS = ("imitation", "imitation[labels]", "dt", "edt", "rl")
-"""``imitation[labels]`` stands for one conditioned imitator per player."""
+DEFAULT_AGENTS = ("imitation", "imitation[labels]", "dt", "edt", "edt[value=bayes]", "rl")
+"""``imitation[labels]`` stands for one conditioned imitator per player; ``edt[value=bayes]``
+is the evidential planner reading its action values by Bayes' rule over the return-conditioned
+policy (:func:`~simagents.agents.planner.bayes_action_values`: the data are all observational)."""
 
 
 def resolve_budget(budget: ConnectFourBudget | str) -> ConnectFourBudget:
@@ -182,12 +187,18 @@ def resolve_budget(budget: ConnectFourBudget | str) -> ConnectFourBudget:
 
 def expand_agents(agents: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """``(entry name, registered agent, options)`` per agent; ``imitation[NAME]`` conditions
-    imitation on player NAME, ``imitation[labels]`` on each player in turn."""
+    imitation on player NAME, ``imitation[labels]`` on each player in turn; ``AGENT[KEY=VALUE]``
+    builds AGENT with that option (``edt[value=bayes]``)."""
     from simagents.study.testbed import check_agents  # one agent check for every testbed
 
     out = []
     for name in agents:
-        if name.endswith("]") and "[" in name:
+        if name.endswith("]") and "[" in name and "=" in name:
+            base, setting = name[:-1].split("[", 1)
+            key, value = setting.split("=", 1)
+            check_agents([base])
+            out.append((name, base, {key: value}))
+        elif name.endswith("]") and "[" in name:
             base, label = name[:-1].split("[", 1)
             if base != "imitation":
                 raise SimagentsError(

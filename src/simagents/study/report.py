@@ -576,11 +576,13 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
             )
         )
     mean_win = float(np.mean([p["win_rate"] for p in population.values()]))
-    for agent in ("dt", "edt"):
+    mean_blunders = float(np.mean([p["blunder_rate"] for p in population.values()]))
+    for agent in ("dt", "edt", "edt[value=bayes]"):
         if agent in agents:
             e = agents[agent]
             parts.append(
-                f"{agent} won {e['win_rate']:.2f} of its games (the population's average {mean_win:.2f})."
+                f"{agent} won {e['win_rate']:.2f} of its games with {e['blunder_rate']:.3f} blunders per move "
+                f"(the population's average {mean_win:.2f} and {mean_blunders:.3f})."
             )
     if "rl" in agents:
         rl = agents["rl"]
