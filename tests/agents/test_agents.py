@@ -92,7 +92,48 @@ def test_planner_choice_equals_argmax_of_independently_scored_candidates(obs_spa
             ctx.push_reward(0.5)
 
 
-def confounded_bandit_episodes(rng, n: int, p_match: float, intervene: bool):
+BANDIT_SPACES = (gym.spaces.Discrete(1), gym.spaces.Discrete(2))
+"""One-step bandits: a single observation, two arms."""
+
+
+def one_step_episodes(actions: np.ndarray, rewards: np.ndarray, intervene: bool = False) -> list:
+    obs_space, act_space = BANDIT_SPACES
+    return [
+        episode_from_arrays(
+            observations=np.zeros(2, dtype=np.int64),
+            actions=actions[i : i + 1],
+            rewards=rewards[i : i + 1].astype(np.float64),
+            terminations=np.array([True]),
+            truncations=np.array([False]),
+            observation_space=obs_space,
+            action_space=act_space,
+            interventions=np.array([intervene]),
+        )
+        for i in range(len(actions))
+    ]
+
+
+def train_bandit_simulator(tmp_path: Path, datasets: dict[str, list], **model: int) -> Simulator:
+    obs_space, act_space = BANDIT_SPACES
+    paths = [
+        save_dataset(eps, tmp_path / name, observation_space=obs_space, action_space=act_space)
+        for name, eps in datasets.items()
+    ]
+    cfg = TrainConfig(
+        data=tuple(str(p) for p in paths),
+        out=tmp_path / "run",
+        model=SimulatorConfig(context_len=1, n_embd=32, n_layer=1, n_head=1, **model),
+        steps=300,
+        batch_size=128,
+        lr=3e-3,
+        warmup_steps=20,
+        eval_every=300,
+        log_every=300,
+    )
+    return Simulator.load(train(cfg, progress=False))
+
+
+def confounded_bandit_episodes(rng, n: int, p_match: float, intervene: bool) -> list:
     """One-step episodes: hidden h ~ Bernoulli(0.5) is never observed; reward 1 iff the action
     matches h. Demonstrators match h with probability p_match (evidence); an intervening agent
     picks uniformly, independently of h."""
@@ -101,46 +142,14 @@ def confounded_bandit_episodes(rng, n: int, p_match: float, intervene: bool):
         actions = rng.integers(0, 2, n)
     else:
         actions = np.where(rng.random(n) < p_match, hidden, 1 - hidden)
-    obs_space, act_space = gym.spaces.Discrete(1), gym.spaces.Discrete(2)
-    return (
-        [
-            episode_from_arrays(
-                observations=np.zeros(2, dtype=np.int64),
-                actions=actions[i : i + 1],
-                rewards=np.array([float(actions[i] == hidden[i])]),
-                terminations=np.array([True]),
-                truncations=np.array([False]),
-                observation_space=obs_space,
-                action_space=act_space,
-                interventions=np.array([intervene]),
-            )
-            for i in range(n)
-        ],
-        obs_space,
-        act_space,
-    )
+    return one_step_episodes(actions, (actions == hidden).astype(np.float64), intervene)
 
 
 def action_values(tmp_path: Path, p_match: float) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    evidence, obs_space, act_space = confounded_bandit_episodes(rng, 1000, p_match, intervene=False)
-    interventions, _, _ = confounded_bandit_episodes(rng, 1000, p_match, intervene=True)
-    paths = [
-        save_dataset(eps, tmp_path / name, observation_space=obs_space, action_space=act_space)
-        for name, eps in (("evidence", evidence), ("interventions", interventions))
-    ]
-    cfg = TrainConfig(
-        data=tuple(str(p) for p in paths),
-        out=tmp_path / "run",
-        model=SimulatorConfig(context_len=1, n_embd=32, n_layer=1, n_head=1),
-        steps=300,
-        batch_size=128,
-        lr=3e-3,
-        warmup_steps=20,
-        eval_every=300,
-        log_every=300,
-    )
-    model = Simulator.load(train(cfg, progress=False))
+    evidence = confounded_bandit_episodes(rng, 1000, p_match, intervene=False)
+    interventions = confounded_bandit_episodes(rng, 1000, p_match, intervene=True)
+    model = train_bandit_simulator(tmp_path, {"evidence": evidence, "interventions": interventions})
     ctx = Context(model)
     with torch.no_grad():
         ctx.push_observation(torch.tensor(0))
@@ -221,34 +230,9 @@ def bandit_simulator(tmp_path: Path, win_rates: tuple[float, float]) -> Simulato
     """A simulator of a one-step bandit's observational data: the demonstrator pulls arm 0 60%
     of the time, and arm i pays 1 with probability ``win_rates[i]``, else 0."""
     rng = np.random.default_rng(0)
-    obs_space, act_space = gym.spaces.Discrete(1), gym.spaces.Discrete(2)
     actions = (rng.random(1500) < 0.4).astype(np.int64)
     rewards = (rng.random(1500) < np.asarray(win_rates)[actions]).astype(np.float64)
-    episodes = [
-        episode_from_arrays(
-            observations=np.zeros(2, dtype=np.int64),
-            actions=actions[i : i + 1],
-            rewards=rewards[i : i + 1],
-            terminations=np.array([True]),
-            truncations=np.array([False]),
-            observation_space=obs_space,
-            action_space=act_space,
-        )
-        for i in range(len(actions))
-    ]
-    path = save_dataset(episodes, tmp_path / "data", observation_space=obs_space, action_space=act_space)
-    cfg = TrainConfig(
-        data=(str(path),),
-        out=tmp_path / "run",
-        model=SimulatorConfig(context_len=1, n_embd=32, n_layer=1, n_head=1, n_return_bins=21),
-        steps=300,
-        batch_size=128,
-        lr=3e-3,
-        warmup_steps=20,
-        eval_every=300,
-        log_every=300,
-    )
-    return Simulator.load(train(cfg, progress=False))
+    return train_bandit_simulator(tmp_path, {"data": one_step_episodes(actions, rewards)}, n_return_bins=21)
 
 
 @pytest.mark.parametrize(("win_rates", "best"), [((0.8, 0.3), 0), ((0.2, 0.7), 1)])
