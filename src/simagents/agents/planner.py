@@ -74,9 +74,10 @@ VALUES = ("head", "bayes")
 return-conditioned policy (``edt`` only; see the module docstring)."""
 
 MIN_RETURN_PROBABILITY = 1e-3
-"""Return bins below this probability under P(R | h) are left out of Bayes' rule: each bin
-dropped changes a candidate's posterior by at most this much, and the policy is prompted
-with a few returns instead of every bin."""
+"""Return bins below this probability under P(R | h) are left out of Bayes' rule, so that the
+policy is prompted with the few returns that are likely instead of every bin (201 by default).
+A bin left out weighs at most this much in the prior; it can matter only for an action much
+likelier under that return than under the returns kept."""
 
 
 @dataclass
