@@ -212,7 +212,7 @@ def bayes_action_values(
         kept = p_return.argmax().reshape(1)
     hypotheses = model.return_bins[kept]  # (M,)
     # Return-to-go at each held step t' under "R_t = r": r plus the rewards from t' to t-1.
-    since = torch.flip(torch.cumsum(torch.flip(rewards, [0]), 0), [0]) - rewards[-1]  # (n,), 0 at t
+    since = rewards.flip(0).cumsum(0).flip(0)  # (n,); rewards[-1], a_t's slot, is 0
     returns = hypotheses.unsqueeze(1) + since.unsqueeze(0)  # (M,n)
     h_prompted = model(batch(kept.numel(), returns, known=True, labels=0))["return"][:, -1]  # (M,d)
     N = candidates.shape[0]

@@ -191,29 +191,27 @@ def expand_agents(agents: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]
     builds AGENT with that option (``edt[value=bayes]``)."""
     from simagents.study.testbed import check_agents  # one agent check for every testbed
 
-    out = []
+    out: list[tuple[str, str, dict[str, Any]]] = []
     for name in agents:
-        if name.endswith("]") and "[" in name and "=" in name:
-            base, setting = name[:-1].split("[", 1)
-            key, value = setting.split("=", 1)
-            check_agents([base])
-            out.append((name, base, {key: value}))
-        elif name.endswith("]") and "[" in name:
-            base, label = name[:-1].split("[", 1)
-            if base != "imitation":
-                raise SimagentsError(
-                    f"agent {name!r}: only imitation takes a player label, as imitation[NAME]"
-                )
-            labels = list(POPULATION) if label == "labels" else [label]
-            unknown = [x for x in labels if x not in POPULATION]
-            if unknown:
-                raise SimagentsError(
-                    f"agent {name!r}: no player {unknown[0]!r}; players are {', '.join(POPULATION)}"
-                )
-            out += [(f"imitation[{x}]", "imitation", {"label": x}) for x in labels]
-        else:
+        if not (name.endswith("]") and "[" in name):
             check_agents([name])
             out.append((name, name, {}))
+            continue
+        base, inside = name[:-1].split("[", 1)
+        if "=" in inside:  # AGENT[KEY=VALUE]: one option
+            key, value = inside.split("=", 1)
+            check_agents([base])
+            out.append((name, base, {key: value}))
+            continue
+        if base != "imitation":
+            raise SimagentsError(f"agent {name!r}: only imitation takes a player label, as imitation[NAME]")
+        labels = list(POPULATION) if inside == "labels" else [inside]
+        unknown = [x for x in labels if x not in POPULATION]
+        if unknown:
+            raise SimagentsError(
+                f"agent {name!r}: no player {unknown[0]!r}; players are {', '.join(POPULATION)}"
+            )
+        out += [(f"imitation[{x}]", "imitation", {"label": x}) for x in labels]
     return out
 
 
