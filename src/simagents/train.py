@@ -109,6 +109,11 @@ class TrainConfig:
     """Optimizer steps (the default trains a CartPole simulator in about 3 minutes on 2 cores)."""
     batch_size: int = 64
     """Windows per step."""
+    length_grouping: int = 1
+    """Draw this many steps' windows at once and batch them by length, longest first (each step's
+    windows are then padded only to its own longest): for data whose episodes are shorter than
+    the context, such as games, where most of a random window is padding. 1 draws each step's
+    windows on their own. Not for data with paired blocks (a block must share its batch)."""
     lr: float = 6e-4
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.1
@@ -144,7 +149,7 @@ class TrainConfig:
         """Raise a SimagentsError naming the option if a value cannot make a run (tyro checks only types)."""
         rules = {
             "at least 1": (
-                ("steps", "batch_size", "eval_every", "log_every", "keep_checkpoints"),
+                ("steps", "batch_size", "length_grouping", "eval_every", "log_every", "keep_checkpoints"),
                 1,
                 math.inf,
             ),
@@ -306,12 +311,34 @@ def to_batch(windows: dict[str, np.ndarray], return_known: np.ndarray) -> dict[s
 
 def training_batch(sampler: WindowSampler, cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
     """The batch of ``step``: a pure function of (seed, step)."""
-    rng = np.random.default_rng([cfg.seed, step])
-    windows = sampler.sample(rng, cfg.batch_size)
+    group = cfg.length_grouping
+    rng = np.random.default_rng([cfg.seed, step] if group == 1 else [cfg.seed, step // group, group])
+    windows = sampler.sample(rng, cfg.batch_size * group)
     # One dropout coin per draw: a block's episodes hide or show their returns together, else the
     # action-value head would see one action of a pair without the other half the time.
-    coin = rng.random(cfg.batch_size)
-    return to_batch(windows, coin[windows["draw"]] >= cfg.return_dropout)
+    coin = rng.random(cfg.batch_size * group)
+    known = coin[windows["draw"]] >= cfg.return_dropout
+    if group > 1:
+        if sampler.units is not None:
+            raise SimagentsError(
+                "--length-grouping: the data has paired blocks, whose windows must share a batch; "
+                "use --length-grouping 1"
+            )
+        longest_first = np.argsort(-windows["mask"].sum(1), kind="stable").reshape(group, cfg.batch_size)
+        # The group's batches in a random order, so that no step is always the long windows'.
+        chosen = longest_first[rng.permutation(group)[step % group]]
+        windows, known = {k: v[chosen] for k, v in windows.items()}, known[chosen]
+    return to_batch(trim_padding(windows), known)
+
+
+def trim_padding(windows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop the trailing steps that are padding in every window: causal attention means no valid
+    token sees them and the losses mask them, so the batch computes the same for less."""
+    mask = windows["mask"]
+    length = int(mask.any(0).nonzero()[0].max()) + 1 if mask.any() else 1
+    if length == mask.shape[1]:
+        return windows
+    return {k: v[:, :length] if v.ndim >= 2 else v for k, v in windows.items()}  # (B,K,...) arrays
 
 
 @torch.no_grad()
@@ -636,7 +663,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
     episode_labels = np.array(label_of, dtype=np.int64)[flat.policy_ids[train_idx]]
     val_sampler = WindowSampler.from_arrays(flat, model_cfg.context_len, val_idx) if len(val_idx) else None
     weights = to_dict(cfg.loss)
-    tokens_per_step = cfg.batch_size * model_cfg.context_len * 4
     model.train()
     columns = [
         TextColumn("[bold]train"),
@@ -669,7 +695,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
             optimizer.step()
             done = step + 1
             now = time.perf_counter()
-            tps = tokens_per_step / max(now - tick, 1e-9)
+            tps = 4 * int(batch["mask"].sum()) / max(now - tick, 1e-9)  # tokens of real steps
             tick = now
             bar.update(task, completed=done, loss=total.item(), tps=tps)
             evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -121,3 +123,66 @@ def test_draw_numbers_the_blocks_so_dropout_can_keep_pairs_together():
     for d in np.unique(draw):  # one dropout coin per draw: partners hide their returns together
         assert len(set(known[draw == d])) == 1
     assert 0.3 < known.mean() < 0.7
+
+
+def test_trimming_the_padding_no_window_reaches_leaves_every_loss_unchanged():
+    import torch
+
+    from helpers import tiny_model
+    from simagents.train import to_batch, trim_padding
+
+    rng = np.random.default_rng(0)
+    episodes = [random_episode(rng, n, BOX_OBS, DISCRETE_ACT) for n in (2, 3, 5, 4)]
+    windows = WindowSampler(episodes, 12).sample(rng, batch_size=8)
+    trimmed = trim_padding(windows)
+    longest = int(windows["mask"].sum(1).max())
+    assert longest < 12 and trimmed["observations"].shape[1] == longest == trimmed["mask"].shape[1]
+    assert trimmed["episode"].shape == (8,)
+    model = tiny_model(BOX_OBS, DISCRETE_ACT, context_len=12)
+    known = np.arange(8) % 2 == 0
+    full, short = model.loss(to_batch(windows, known)), model.loss(to_batch(trimmed, known))
+    for head in full:
+        torch.testing.assert_close(short[head], full[head], rtol=1e-5, atol=1e-6)
+    whole = WindowSampler(episodes, 2).sample(rng, batch_size=8)  # every window full: nothing to trim
+    assert trim_padding(whole) is whole
+
+
+def test_length_grouping_batches_a_groups_windows_by_length_and_keeps_them_all():
+    from simagents.train import TrainConfig, training_batch
+
+    rng = np.random.default_rng(1)
+    episodes = [random_episode(rng, n, BOX_OBS, DISCRETE_ACT) for n in range(1, 21)]
+    sampler = WindowSampler(episodes, 20)
+    plain = TrainConfig(data=("unused",), out="unused", batch_size=16)
+    grouped = TrainConfig(data=("unused",), out="unused", batch_size=16, length_grouping=4)
+
+    def padded_length(cfg: TrainConfig, steps: range) -> float:
+        return float(np.mean([training_batch(sampler, cfg, s)["mask"].shape[1] for s in steps]))
+
+    assert padded_length(grouped, range(40)) < 0.8 * padded_length(plain, range(40))
+    # Steps 4..7 share one draw: together they hold its 64 windows, each once, in four batches.
+    batches = [training_batch(sampler, grouped, s) for s in range(4, 8)]
+    drawn = sampler.sample(np.random.default_rng([0, 1, 4]), 64)
+    key = lambda e, s: sorted(zip(e.tolist(), s.tolist(), strict=True))  # noqa: E731
+    together = key(
+        np.concatenate([b["episode"].numpy() for b in batches]),
+        np.concatenate([b["start"].numpy() for b in batches]),
+    )
+    assert together == key(drawn["episode"], drawn["start"])
+    lengths = sorted((b["mask"].sum(1).min().item(), b["mask"].sum(1).max().item()) for b in batches)
+    assert all(low_max <= high_min for (_, low_max), (high_min, _) in itertools.pairwise(lengths))
+    again = training_batch(sampler, grouped, 5)
+    assert all(np.array_equal(again[k], batches[1][k]) for k in again)  # a pure function of (seed, step)
+
+
+def test_length_grouping_refuses_data_whose_blocks_must_share_a_batch():
+    import pytest
+
+    from simagents.errors import SimagentsError
+    from simagents.train import TrainConfig, training_batch
+
+    rng = np.random.default_rng(0)
+    sampler = WindowSampler(blocked_episodes(rng, [0, 0, -1, -1], [2] * 4), 4)
+    cfg = TrainConfig(data=("unused",), out="unused", batch_size=4, length_grouping=2)
+    with pytest.raises(SimagentsError, match="length-grouping 1"):
+        training_batch(sampler, cfg, step=0)

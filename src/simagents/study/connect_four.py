@@ -98,6 +98,9 @@ class ConnectFourBudget:
     batch_size: int = 64
     """Windows per training step, each from a random step of a game to its end (drawing whole
     games instead, uniformly or by length, measured no better on the labels' blunders)."""
+    length_grouping: int = 1
+    """Training steps whose windows are drawn together and batched by length
+    (:attr:`~simagents.train.TrainConfig.length_grouping`)."""
     lr: float = 1e-3
     """Peak learning rate of the simulator."""
     n_embd: int = 128
@@ -332,6 +335,7 @@ def _run(
         ),
         steps=budget.steps,
         batch_size=budget.batch_size,
+        length_grouping=budget.length_grouping,
         lr=budget.lr,
         warmup_steps=min(50, budget.steps),
         label_dropout=budget.label_dropout,
