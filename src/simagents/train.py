@@ -335,7 +335,8 @@ def trim_padding(windows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop the trailing steps that are padding in every window: causal attention means no valid
     token sees them and the losses mask them, so the batch computes the same for less."""
     mask = windows["mask"]
-    length = int(mask.any(0).nonzero()[0].max()) + 1 if mask.any() else 1
+    used = np.flatnonzero(mask.any(axis=0))  # steps some window reaches
+    length = int(used[-1]) + 1 if len(used) else 1
     if length == mask.shape[1]:
         return windows
     return {k: v[:, :length] if v.ndim >= 2 else v for k, v in windows.items()}  # (B,K,...) arrays
