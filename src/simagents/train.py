@@ -312,22 +312,28 @@ def to_batch(windows: dict[str, np.ndarray], return_known: np.ndarray) -> dict[s
 def training_batch(sampler: WindowSampler, cfg: TrainConfig, step: int) -> dict[str, torch.Tensor]:
     """The batch of ``step``: a pure function of (seed, step)."""
     group = cfg.length_grouping
-    rng = np.random.default_rng([cfg.seed, step] if group == 1 else [cfg.seed, step // group, group])
-    windows = sampler.sample(rng, cfg.batch_size * group)
-    # One dropout coin per draw: a block's episodes hide or show their returns together, else the
-    # action-value head would see one action of a pair without the other half the time.
+    if group == 1:
+        rng = np.random.default_rng([cfg.seed, step])
+        windows = sampler.sample(rng, cfg.batch_size)
+        # One dropout coin per draw: a block's episodes hide or show their returns together, else the
+        # action-value head would see one action of a pair without the other half the time.
+        coin = rng.random(cfg.batch_size)
+        return to_batch(trim_padding(windows), coin[windows["draw"]] >= cfg.return_dropout)
+    if sampler.units is not None:
+        raise SimagentsError(
+            "--length-grouping: the data has paired blocks, whose windows must share a batch; "
+            "use --length-grouping 1"
+        )
+    # The group's windows are drawn alike at each of its steps; only this step's are gathered.
+    rng = np.random.default_rng([cfg.seed, step // group, group])
+    episode, start = sampler.draw(rng, cfg.batch_size * group)
     coin = rng.random(cfg.batch_size * group)
-    known = coin[windows["draw"]] >= cfg.return_dropout
-    if group > 1:
-        if sampler.units is not None:
-            raise SimagentsError(
-                "--length-grouping: the data has paired blocks, whose windows must share a batch; "
-                "use --length-grouping 1"
-            )
-        longest_first = np.argsort(-windows["mask"].sum(1), kind="stable").reshape(group, cfg.batch_size)
-        # The group's batches in a random order, so that no step is always the long windows'.
-        chosen = longest_first[rng.permutation(group)[step % group]]
-        windows, known = {k: v[chosen] for k, v in windows.items()}, known[chosen]
+    length = np.minimum(sampler.context_len, sampler.lengths[episode] - start)
+    longest_first = np.argsort(-length, kind="stable").reshape(group, cfg.batch_size)
+    # The group's batches in a random order, so that no step is always the long windows'.
+    chosen = longest_first[rng.permutation(group)[step % group]]
+    windows = {**sampler.windows(episode[chosen], start[chosen]), "draw": np.arange(cfg.batch_size)}
+    known = coin[chosen] >= cfg.return_dropout
     return to_batch(trim_padding(windows), known)
 
 

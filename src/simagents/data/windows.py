@@ -78,8 +78,7 @@ class WindowSampler:
         dropout) can be made per block and keep the block's comparison paired.
         """
         if self.units is None:
-            episode = rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
-            start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
+            episode, start = self.draw(rng, batch_size)
             return {**self.windows(episode, start), "draw": np.arange(batch_size)}
         members = self.units  # (U, S) episode indices, -1 pads smaller units
         # Every unit holds at least one episode, so batch_size units always fill the batch.
@@ -97,6 +96,13 @@ class WindowSampler:
         if last.sum() < (members[unit[draw[-1]]] >= 0).sum():
             windows["mask"][last] = False
         return {**windows, "draw": draw}
+
+    def draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(episode, start) of ``batch_size`` windows without blocks, as :meth:`sample` draws them,
+        before any is gathered."""
+        episode = rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
+        start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
+        return episode, start
 
     def windows(self, episode: np.ndarray, start: np.ndarray) -> dict[str, np.ndarray]:
         """Windows of the given episodes from the given steps. Arrays are (B, K, ...)."""
