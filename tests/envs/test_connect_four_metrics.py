@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simagents.envs import TESTBEDS
-from simagents.envs.connect_four import POPULATION, EnginePlayerAgent
+from simagents.envs.connect_four import POPULATION, ConnectFourEnv, EnginePlayerAgent
 from simagents.envs.connect_four_engine import Player, Position
 from simagents.envs.connect_four_metrics import (
     blunder,
@@ -127,6 +127,13 @@ def test_agents_are_measured_through_their_games() -> None:
     assert games.outcomes == again.outcomes and [m[1] for m in games.moves] == [m[1] for m in again.moves]
     assert all(column in position.legal_moves() for position, column in games.moves)
     assert games.policies == [None] * len(games.moves)  # an engine player reports no policy
+    # The games are episodes as the data's are: the same moves read back, the outcome the return.
+    assert len(games.episodes) == 6 and moves_of_episodes(games.episodes) == games.moves
+    assert [e.episode_return for e in games.episodes] == games.outcomes
+    env = ConnectFourEnv(**kwargs)
+    for episode in games.episodes:
+        episode.validate(env.observation_space, env.action_space)
+        assert episode.terminations[-1] and not episode.terminations[:-1].any()
     weak_games = play_games(weak, 6, seed=0, **kwargs)
     assert outcome_rates(games.outcomes)["score"] > outcome_rates(weak_games.outcomes)["score"]
     assert blunder_rate(weak_games.moves)["blunder_rate"] > blunder_rate(games.moves)["blunder_rate"]

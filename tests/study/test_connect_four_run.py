@@ -2,14 +2,21 @@
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
+import torch
 
+from helpers import tiny_model
+from simagents.agents import make_agent
 from simagents.cli import main
-from simagents.envs.connect_four import POPULATION
+from simagents.envs.connect_four import POPULATION, ConnectFourEnv
+from simagents.envs.connect_four_metrics import play_games
 from simagents.errors import SimagentsError
-from simagents.study.connect_four import run_connect_four
+from simagents.model import Simulator
+from simagents.study.connect_four import inferred_player, run_connect_four
 from simagents.study.report import connect_four_interpretation
 
 METRICS = (
@@ -41,6 +48,8 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
             assert isinstance(entry[key], float), (name, key)
         assert math.isclose(entry["win_rate"] + entry["draw_rate"] + entry["loss_rate"], 1.0)
         assert 0 <= entry["blunder_rate"] <= 1
+        assert list(entry["inferred_player"]) == list(POPULATION), name
+        assert sum(entry["inferred_player"].values()) == pytest.approx(1.0)
     assert results["population"]["random"]["elo"] == 0.0  # the scale's anchor
     # Move statistics come from the policies the sampling agents drew from; dt and edt take an argmax.
     argmax = ("dt", "edt", "edt[value=bayes]")
@@ -155,3 +164,57 @@ def test_the_report_calls_rl_collapsed_against_the_simulated_population(
     text = connect_four_interpretation(result)
     assert ("the distribution it simulated collapsed" in text) == collapsed
     assert ("not collapsed" in text) != collapsed
+
+
+def population_simulator(shares: list[float]) -> Simulator:
+    """An untrained simulator of Connect Four whose five player labels move its policy far apart."""
+    board, columns = ConnectFourEnv().observation_space, gym.spaces.Discrete(7)
+    model = tiny_model(board, columns, context_len=22, seed=0)
+    stats = replace(model.stats, labels=sorted(POPULATION), label_shares=shares)
+    simulator = Simulator(replace(model.cfg, condition_on_label=True), board, columns, stats).eval()
+    with torch.no_grad():  # labels far apart, and a policy head that turns them into moves
+        simulator.label_embed.weight.normal_(std=3.0)
+        simulator.action_head.weight.mul_(20.0)
+    return simulator
+
+
+@pytest.mark.parametrize("shares", [[0.2] * 5, [0.05, 0.05, 0.05, 0.05, 0.8]])
+def test_the_simulator_infers_whom_it_plays_by_bayes_rule(shares: list[float]) -> None:
+    simulator = population_simulator(shares)
+    prior = dict(zip(sorted(POPULATION), shares, strict=True))
+    for player in ("random", "expert"):  # told who it is, it plays like that player
+        games = play_games(make_agent("imitation", simulator, label=player), 20, seed=0, opponent_depth=1)
+        inferred = inferred_player(simulator, games.episodes)
+        assert sum(inferred.values()) == pytest.approx(1.0)
+        assert max(inferred, key=inferred.get) == player and inferred[player] > 0.6, inferred
+    # Drawing its player from the data's shares, its games average back to the prior.
+    games = play_games(make_agent("imitation", simulator, label="sample"), 100, seed=0, opponent_depth=1)
+    inferred = inferred_player(simulator, games.episodes)
+    for player in POPULATION:
+        assert inferred[player] == pytest.approx(prior[player], abs=0.1), (player, inferred)
+    # Labels that do not change the policy leave the prior as it was.
+    with torch.no_grad():
+        simulator.label_embed.weight[:] = simulator.label_embed.weight[0]
+    inferred = inferred_player(simulator, games.episodes[:5])
+    assert inferred == pytest.approx(prior, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("inferred", "verdict"),
+    [
+        ([0.34, 0.26, 0.18, 0.13, 0.09], "weaker than the population"),  # measured, default budget
+        ([0.19, 0.20, 0.20, 0.19, 0.22], "as the population"),  # measured, label="sample"
+        ([0.05, 0.05, 0.10, 0.30, 0.50], "stronger than the population"),
+    ],
+)
+def test_the_report_says_whom_the_unconditioned_imitator_plays_like(
+    inferred: list[float], verdict: str
+) -> None:
+    result = {
+        "population": {"random": {"win_rate": 0.0, "blunder_rate": 0.2}},
+        "agents": {"imitation": {"inferred_player": dict(zip(POPULATION, inferred, strict=True))}},
+        "data": {"label_shares": dict.fromkeys(sorted(POPULATION), 0.2)},
+    }
+    text = connect_four_interpretation(result)
+    assert f"it plays {verdict} it simulates" in text
+    assert f"random {inferred[0]:.2f}, novice {inferred[1]:.2f}" in text

@@ -36,7 +36,7 @@ import numpy as np
 
 from simagents.agents.base import Agent
 from simagents.agents.evaluate import evaluate
-from simagents.data.episodes import Episode
+from simagents.data.episodes import Episode, episode_from_arrays
 from simagents.envs.connect_four import (
     POPULATION,
     ConnectFourEnv,
@@ -108,6 +108,9 @@ class Games:
     policies: list[np.ndarray | None] = field(default_factory=list)
     """Per move, the (7,) distribution the agent drew it from (its ``action_probabilities``),
     or None where the agent does not say (then the move itself is the only evidence)."""
+    episodes: list[Episode] = field(default_factory=list)
+    """Each game from the agent's side, as the data's episodes are (observations, actions,
+    rewards, termination), so a simulator can read an agent's games as it reads the players'."""
 
 
 class _RecordMoves(gym.Wrapper):
@@ -119,13 +122,35 @@ class _RecordMoves(gym.Wrapper):
         self.games = games
         self.agent = agent
 
+    def reset(self, **kwargs: Any) -> Any:
+        observation, info = self.env.reset(**kwargs)
+        self.steps: dict[str, list[Any]] = {"observations": [observation], "actions": [], "rewards": []}
+        return observation, info
+
     def step(self, action: Any) -> Any:
         position = self.connect_four.position
         out = self.env.step(action)
         self.games.moves.append((position, int(action)))
         self.games.policies.append(getattr(self.agent, "action_probabilities", None))
+        self.steps["observations"].append(out[0])
+        self.steps["actions"].append(int(action))
+        self.steps["rewards"].append(float(out[1]))
         if out[2] or out[3]:
             self.games.outcomes.append(float(out[1]))
+            length = len(self.steps["actions"])
+            ended = np.zeros(length, dtype=bool)
+            ended[-1] = True
+            self.games.episodes.append(
+                episode_from_arrays(
+                    np.stack(self.steps["observations"]),
+                    np.array(self.steps["actions"]),
+                    np.array(self.steps["rewards"]),
+                    terminations=ended & bool(out[2]),
+                    truncations=ended & bool(out[3]),
+                    observation_space=self.observation_space,
+                    action_space=self.action_space,
+                )
+            )
         return out
 
 

@@ -26,10 +26,12 @@
    each beside the same probe on the raw board and chance;
 5. writes ``DIR/results.json``: ``testbed``, ``params``, ``seed``, ``theory``,
    ``population.<player>`` (its data's ``win_rate``, ``draw_rate``, ``loss_rate``,
-   ``blunder_rate`` ..., ``move_entropy``, ``elo``), ``population_mean`` (the players'
-   average of each), ``agents.<name>`` (``win_rate``, ``draw_rate``, ``loss_rate``,
+   ``blunder_rate`` ..., ``move_entropy``, ``elo``, ``inferred_player``), ``population_mean``
+   (the players' average of each), ``agents.<name>`` (``win_rate``, ``draw_rate``, ``loss_rate``,
    ``mean_return``, ``blunder_rate``, ``missed_win_rate``, ``losing_move_rate``,
-   ``move_entropy``, ``kl_to_data``, ``sampling``, ``elo``, ``score_vs_<player>``; a conditioned imitator
+   ``move_entropy``, ``kl_to_data``, ``sampling``, ``elo``, ``score_vs_<player>``,
+   ``inferred_player``: whom the simulator takes the games' player for, by Bayes' rule over
+   its label-conditioned policies, :func:`inferred_player`; a conditioned imitator
    also ``label`` and ``data_blunder_rate``, its player's), ``probes``, ``label_nll`` (per
    player, nats per held-out move under its own label and under the unknown one), ``data``,
    ``budget`` and ``timings``.
@@ -53,8 +55,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from simagents.agents import Agent, make_agent
+from simagents.agents.base import label_shares
 from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
 from simagents.data.minari_io import check_can_write, save_dataset
@@ -262,12 +266,15 @@ def agent_metrics(
     ratings: dict[str, float],
     data_moves: list[Move],
     seed: int,
+    simulator: Simulator,
 ) -> dict[str, Any]:
-    """An agent's games against the reference opponent and the population, measured."""
+    """An agent's games against the reference opponent and the population, measured;
+    ``simulator`` (the population's) says whom the agent's games look like to it."""
     games = play_games(agent, budget.eval_games, seed=seed, **params)
     rates = outcome_rates(games.outcomes)
     return {
         **rates,
+        "inferred_player": inferred_player(simulator, games.episodes),
         "mean_return": float(np.mean(games.outcomes)),
         **blunder_rate(games.moves),
         **move_statistics(games.moves, data_moves, games.policies),
@@ -368,7 +375,13 @@ def _run(
             source = {"simulator": str(train_cfg.out), "env_id": testbed.env_id, "env_kwargs": params}
             model = finetune(simulator, ConnectFourEnv(**params), folder / "rl", rl_cfg, source, progress)
         entry = agent_metrics(
-            make_agent(agent_name, model, **options), params, budget, ratings, data_moves, eval_seed
+            make_agent(agent_name, model, **options),
+            params,
+            budget,
+            ratings,
+            data_moves,
+            eval_seed,
+            simulator,
         )
         if "label" in options:
             entry["label"] = options["label"]
@@ -379,6 +392,10 @@ def _run(
     tick = time.perf_counter()
     probes = probe_section(simulator, heldout, seed)
     imitation_nll = label_nll(simulator, heldout)
+    for name in POPULATION:
+        population[name]["inferred_player"] = inferred_player(
+            simulator, [e for e in heldout if e.policy == name]
+        )
     timings["probes_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - start
 
@@ -401,6 +418,7 @@ def _run(
             "heldout_episodes": len(heldout),
             "steps": sum(len(e) for e in games),
             "labels": simulator.stats.labels,
+            "label_shares": dict(zip(simulator.stats.labels, simulator.stats.label_shares, strict=True)),
         },
         "budget": to_dict(budget),
         "timings": timings,
@@ -411,7 +429,7 @@ def _run(
 
 def population_figures(
     heldout: list[Episode], data_moves: list[Move], budget: ConnectFourBudget, seed: int
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Per player: outcome and blunder rates in the held-out games, move entropy and KL to the
     whole data in the positions both reach, and Elo from a round robin (``random`` at 0)."""
     figures = player_metrics(heldout)
@@ -429,6 +447,24 @@ def population_figures(
 
 
 @torch.no_grad()
+def move_log_likelihoods(simulator: Simulator, game: Episode, label: str | None) -> Tensor:
+    """(T,) log-probability of each of ``game``'s moves under the simulator's policy with
+    ``label`` in the context (None: unknown) and the return unknown."""
+    T = len(game)
+    batch = {
+        "observations": torch.as_tensor(game.observations[:T])[None],
+        "returns_to_go": torch.zeros(1, T),
+        "return_known": torch.tensor([False]),
+        "actions": torch.as_tensor(game.actions)[None],
+        "interventions": torch.zeros(1, T, dtype=torch.bool),
+        "rewards": torch.as_tensor(game.rewards)[None],
+        "timesteps": torch.arange(T)[None],
+        "label": torch.tensor([simulator.label_index(label)]),
+    }
+    return simulator.action_log_prob(simulator(batch)["return"], batch["actions"])[0]
+
+
+@torch.no_grad()
 def label_nll(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[str, float]]:
     """Per player: the mean negative log-likelihood (nats per move) of its held-out moves under
     the simulator's policy with its own label in the context, and with the label unknown."""
@@ -437,23 +473,31 @@ def label_nll(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[st
         games = [e for e in heldout if e.policy == name]
         total = {"own_label": 0.0, "unknown_label": 0.0}
         for game in games:
-            T = len(game)
-            batch = {
-                "observations": torch.as_tensor(game.observations[:T])[None],
-                "returns_to_go": torch.zeros(1, T),
-                "return_known": torch.tensor([False]),
-                "actions": torch.as_tensor(game.actions)[None],
-                "interventions": torch.zeros(1, T, dtype=torch.bool),
-                "rewards": torch.as_tensor(game.rewards)[None],
-                "timesteps": torch.arange(T)[None],
-            }
             for key, label in (("own_label", name), ("unknown_label", None)):
-                labels = torch.tensor([simulator.label_index(label)])
-                h = simulator({**batch, "label": labels})["return"]
-                total[key] -= float(simulator.action_log_prob(h, batch["actions"]).sum())
+                total[key] -= float(move_log_likelihoods(simulator, game, label).sum())
         moves = sum(len(g) for g in games)
         out[name] = {key: value / max(moves, 1) for key, value in total.items()}
     return out
+
+
+@torch.no_grad()
+def inferred_player(simulator: Simulator, games: Sequence[Episode]) -> dict[str, float]:
+    """Whom the simulator takes the games' player for: per player, the posterior probability of
+    its label given all of a game's moves (Bayes' rule over the label-conditioned policies, the
+    prior the data's label shares), averaged over the games.
+
+    Under a simulator that is a Bayes mixture of its labels, a game of its own unconditioned
+    imitator averages back to the prior (the posterior is a martingale under the mixture's own
+    draws); a shift is the imitator playing unlike the population it imitates."""
+    players = list(POPULATION)
+    shares = label_shares(simulator)[[simulator.stats.labels.index(p) for p in players]]
+    log_prior = torch.log(shares / shares.sum())
+    posteriors = []
+    for game in games:
+        evidence = torch.stack([move_log_likelihoods(simulator, game, p).sum() for p in players])
+        posteriors.append(torch.softmax(log_prior + evidence.double(), -1))
+    mean = torch.stack(posteriors).mean(0)
+    return {p: float(v) for p, v in zip(players, mean, strict=True)}
 
 
 def probe_section(simulator: Simulator, heldout: list[Episode], seed: int) -> dict[str, Any]:

@@ -575,6 +575,7 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
                 else ": at this budget it does not yet reproduce each player's mistakes."
             )
         )
+    parts += inferred_player_sentence(agents.get("imitation"), result.get("data", {}).get("label_shares"))
     mean_win = float(np.mean([p["win_rate"] for p in population.values()]))
     mean_blunders = float(np.mean([p["blunder_rate"] for p in population.values()]))
     for agent in ("dt", "edt", "edt[value=bayes]"):
@@ -620,6 +621,39 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
             )
         )
     return " ".join(parts)
+
+
+def inferred_player_sentence(imitator: dict[str, Any] | None, shares: dict[str, float] | None) -> list[str]:
+    """Whom the unconditioned imitator's games look like to its simulator, against the data's
+    shares of the players (what a Bayes mixture of the labels would average back to)."""
+    if not imitator or "inferred_player" not in imitator or not shares:
+        return []
+    inferred = imitator["inferred_player"]
+    players = list(inferred)  # weakest first
+
+    def rank(weights: dict[str, float]) -> float:  # 0 all the weakest player, len - 1 the strongest
+        return sum(i * weights.get(name, 0.0) for i, name in enumerate(players)) / sum(weights.values())
+
+    shift = rank(inferred) - rank(shares)
+    verdict = (
+        "as the population it simulates"
+        if abs(shift) <= INFERRED_RANK_TOLERANCE
+        else ("weaker" if shift < 0 else "stronger") + " than the population it simulates"
+    )
+    return [
+        "By Bayes' rule over its label-conditioned policies, the simulator takes the unconditioned "
+        "imitator's games for "
+        + ", ".join(f"{name} {inferred[name]:.2f}" for name in players)
+        + " (the data's shares "
+        + ", ".join(f"{shares.get(name, 0.0):.2f}" for name in players)
+        + f"): it plays {verdict}."
+    ]
+
+
+INFERRED_RANK_TOLERANCE = 0.2
+"""How far (in players, weakest 0 to strongest 4) the imitator's inferred player may sit from
+the data's average and still count as playing like the population (measured: 0.06 for an
+imitator that draws its player from the data's shares, 0.64 below for the unconditioned one)."""
 
 
 def write_report(folder: Path, results: dict[str, Any]) -> None:
