@@ -447,21 +447,22 @@ def population_figures(
 
 
 @torch.no_grad()
-def move_log_likelihoods(simulator: Simulator, game: Episode, label: str | None) -> Tensor:
-    """(T,) log-probability of each of ``game``'s moves under the simulator's policy with
-    ``label`` in the context (None: unknown) and the return unknown."""
-    T = len(game)
+def move_log_likelihoods(simulator: Simulator, game: Episode, labels: Sequence[str | None]) -> Tensor:
+    """(L, T) log-probability of each of ``game``'s moves under the simulator's policy with each
+    of the ``labels`` in the context (None: unknown) and the return unknown: one forward pass,
+    the game repeated once per label."""
+    T, L = len(game), len(labels)
     batch = {
-        "observations": torch.as_tensor(game.observations[:T])[None],
-        "returns_to_go": torch.zeros(1, T),
-        "return_known": torch.tensor([False]),
-        "actions": torch.as_tensor(game.actions)[None],
-        "interventions": torch.zeros(1, T, dtype=torch.bool),
-        "rewards": torch.as_tensor(game.rewards)[None],
-        "timesteps": torch.arange(T)[None],
-        "label": torch.tensor([simulator.label_index(label)]),
+        "observations": torch.as_tensor(game.observations[:T])[None].expand(L, -1, -1),
+        "returns_to_go": torch.zeros(L, T),
+        "return_known": torch.zeros(L, dtype=torch.bool),
+        "actions": torch.as_tensor(game.actions)[None].expand(L, -1),
+        "interventions": torch.zeros(L, T, dtype=torch.bool),
+        "rewards": torch.as_tensor(game.rewards)[None].expand(L, -1),
+        "timesteps": torch.arange(T)[None].expand(L, -1),
+        "label": torch.tensor([simulator.label_index(label) for label in labels]),
     }
-    return simulator.action_log_prob(simulator(batch)["return"], batch["actions"])[0]
+    return simulator.action_log_prob(simulator(batch)["return"], batch["actions"])
 
 
 @torch.no_grad()
@@ -471,12 +472,13 @@ def label_nll(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[st
     out = {}
     for name in POPULATION:
         games = [e for e in heldout if e.policy == name]
-        total = {"own_label": 0.0, "unknown_label": 0.0}
+        own, unknown = 0.0, 0.0
         for game in games:
-            for key, label in (("own_label", name), ("unknown_label", None)):
-                total[key] -= float(move_log_likelihoods(simulator, game, label).sum())
-        moves = sum(len(g) for g in games)
-        out[name] = {key: value / max(moves, 1) for key, value in total.items()}
+            log_likelihood = move_log_likelihoods(simulator, game, [name, None]).sum(-1)
+            own -= float(log_likelihood[0])
+            unknown -= float(log_likelihood[1])
+        moves = max(sum(len(g) for g in games), 1)
+        out[name] = {"own_label": own / moves, "unknown_label": unknown / moves}
     return out
 
 
@@ -494,7 +496,7 @@ def inferred_player(simulator: Simulator, games: Sequence[Episode]) -> dict[str,
     log_prior = torch.log(shares / shares.sum())
     posteriors = []
     for game in games:
-        evidence = torch.stack([move_log_likelihoods(simulator, game, p).sum() for p in players])
+        evidence = move_log_likelihoods(simulator, game, players).sum(-1)
         posteriors.append(torch.softmax(log_prior + evidence.double(), -1))
     mean = torch.stack(posteriors).mean(0)
     return {p: float(v) for p, v in zip(players, mean, strict=True)}
