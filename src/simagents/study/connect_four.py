@@ -89,19 +89,21 @@ OUTCOMES = ("loss", "draw", "win")
 class ConnectFourBudget:
     """How much data, training, fine-tuning and evaluation one Connect Four run gets."""
 
-    episodes: int = 4500
-    """Training games (equal shares of the five players). Measured at seed 0 with 3,000 steps
-    (below), against 1,500 games and 1,000 steps: the club and expert labels blunder at 0.045
-    and 0.043 (0.090, 0.077), held-out NLL falls (expert label 0.86 nats, 1.12); 3,000 games
-    and 2,000 steps reach 0.070 and 0.063."""
+    episodes: int = 9000
+    """Training games (equal shares of the five players). Measured at seed 0 with 6,000 steps
+    (below): the club and expert labels blunder at 0.030 and 0.026, held-out NLL of the expert
+    label 0.67 nats; at 4,500 games and 3,000 steps 0.045, 0.043 and 0.86, at 1,500 and 1,000
+    0.090, 0.077 and 1.12. More games alone do not do it: 9,000 at 3,000 steps 0.066 and 0.045."""
     heldout_episodes: int = 400
     """Held-out games (another seed): the players' own figures and the probes."""
     mirror: bool = True
     """Train on each game and its mirror image (:func:`~simagents.envs.connect_four.mirror`, an
     equally likely game of the same player): twice the data for no search."""
-    steps: int = 3000
-    """Training steps of the simulator. Three times the steps on a third of the games overfit
-    them (held-out NLL up: casual 1.71 nats against 1.34 at 1,000 steps)."""
+    steps: int = 6000
+    """Training steps of the simulator. The steps are what sharpen the strong labels, but on
+    half the games (4,500) 6,000 steps began to overfit the weak ones (the random label's
+    held-out NLL 2.03 nats against 1.95 at 3,000 steps; its player's own 1.93); on these games
+    it stays at 1.95. Three times the steps on a third of the games overfit them outright."""
     batch_size: int = 64
     """Windows per training step, each from a random step of a game to its end (drawing whole
     games instead, uniformly or by length, measured no better on the labels' blunders)."""
@@ -143,14 +145,11 @@ class ConnectFourBudget:
 
 
 BUDGETS = {
-    # About 13 minutes at one thread, data to results (see the fields' measurements).
+    # About 17 minutes at one thread, data to results (1,041 s at seed 0, 2026-12-02, sharing
+    # the 2 cores with another run: data 157 s, training 690 s, rl 143 s).
     "default": ConnectFourBudget(),
-    # Twice the default's games and steps; about 24 minutes at one thread (measured 1,263 s,
-    # seed 0, 2026-12-02, sharing the 2 cores, without rl's 2.5 min). Every figure moves on
-    # from the default's: club and expert labels blunder at 0.034 and 0.027 (held-out NLL
-    # 0.84 and 0.67 nats), the unconditioned imitator wins 0.25 with 0.082 blunders, dt 0.77,
-    # edt 0.62 by its action-value head and 0.75 by Bayes' rule, rl 0.75; player probe 0.448.
-    "full": ConnectFourBudget(episodes=9000, steps=6000),
+    # Twice the default's games and steps.
+    "full": ConnectFourBudget(episodes=18000, steps=12000),
     # For tests: the plumbing with a simulator that learns a little, in well under a minute.
     "fast": ConnectFourBudget(
         episodes=300,
