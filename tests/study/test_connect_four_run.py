@@ -102,30 +102,32 @@ def test_cli_dispatches_to_the_connect_four_runner(
 
 @pytest.mark.slow
 def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -> None:
-    """Of the issue's 'what must show', what the default budget reaches (measured at seed 0,
-    2026-12-02). Conditioned on a weak player's label, imitation blunders within 30% of that
-    player's rate (random 0.204 against 0.207, novice 0.119 against 0.111), plays more widely
-    and blunders more often than on the strongest's label (expert 0.026; its player never
-    blunders), and the label makes that player's held-out moves likelier (random 1.95 nats
-    against 2.14 unlabelled, expert 0.67 against 0.81). Conditioned on winning, dt (the
-    policy's mode) wins more often than the population's average and blunders less (0.77 and
-    0.011 against 0.44 and 0.076), and so does edt by its action-value head (0.75, 0.013) and
-    by Bayes' rule over the policy (0.63, 0.016; at the earlier budget of 4,500 games and
-    3,000 steps the head won 0.37 with 0.077 blunders, which fails here). rl, fine-tuned from
-    the unconditioned imitator, wins most (0.81, dt 0.77) and collapses the distribution it
-    simulated: move entropy 0.22 against the imitator's 1.25 and every label's 0.57 or more,
-    KL to the data 0.31 against the imitator's 0.06. The player probe on the hidden states
-    beats chance by a wide margin and the raw board (0.446 against 0.170 and 0.418)."""
-    weak_labels = ["imitation[random]", "imitation[novice]"]
+    """Of the issue's 'what must show', what the default budget reaches (measured 2026-12-02 at
+    seeds 0 and 1; the test runs seed 0). Conditioned on the weakest player's label, imitation
+    blunders within 30% of that player's rate (0.204 against 0.207; seed 1 0.207 against 0.205;
+    the novice label 0.119 against 0.111 at seed 0 but 0.134 against 0.097 at seed 1, so it is
+    only held between the random and expert labels), plays more widely and blunders more often
+    than on the strongest's label (expert 0.026 at both seeds; its player never blunders), and
+    the label makes that player's held-out moves likelier (random 1.95 nats against 2.14
+    unlabelled, expert 0.67 against 0.81). Conditioned on winning, dt (the policy's mode) wins
+    more often than the population's average and blunders less (0.77 and 0.011 against 0.44
+    and 0.076), and so does edt by its action-value head (0.75, 0.013; seed 1 0.65; at the
+    earlier budget of 4,500 games and 3,000 steps 0.37 with 0.077 blunders, which fails here)
+    and by Bayes' rule over the policy (0.63, 0.016). rl, fine-tuned from the unconditioned
+    imitator, wins more often than every imitator (0.81; seed 1 0.67, where dt wins 0.80) and
+    collapses the distribution it simulated: move entropy 0.22 against the imitator's 1.25 and
+    every label's 0.57 or more, KL to the data 0.31 against the imitator's 0.06. The player
+    probe on the hidden states beats chance by a wide margin and the raw board (0.446 against
+    0.170 and 0.418; seed 1 0.461 against 0.230 and 0.412)."""
+    labels = ["imitation[random]", "imitation[novice]", "imitation[expert]"]
     planners = ["dt", "edt", "edt[value=bayes]"]
-    agents = ["imitation", *weak_labels, "imitation[expert]", *planners, "rl"]
+    agents = ["imitation", *labels, *planners, "rl"]
     results = run_connect_four(out=tmp_path / "run", budget="default", agents=agents)
     played = results["agents"]
     population = results["population_mean"]
-    for name in weak_labels:
-        label = played[name]
-        assert label["blunder_rate"] == pytest.approx(label["data_blunder_rate"], rel=0.3), name
-    weak, strong = played["imitation[random]"], played["imitation[expert]"]
+    weak, middle, strong = (played[name] for name in labels)
+    assert weak["blunder_rate"] == pytest.approx(weak["data_blunder_rate"], rel=0.3)
+    assert weak["blunder_rate"] > middle["blunder_rate"] > strong["blunder_rate"]
     assert weak["data_blunder_rate"] > strong["data_blunder_rate"]
     assert weak["move_entropy"] > strong["move_entropy"] + 0.1
     assert weak["blunder_rate"] > strong["blunder_rate"] + 0.1
@@ -137,7 +139,7 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
         assert played[name]["win_rate"] > population["win_rate"] + 0.1, name
         assert played[name]["blunder_rate"] < population["blunder_rate"], name
     rl, imitator = played["rl"], played["imitation"]
-    assert rl["win_rate"] >= max(entry["win_rate"] for entry in played.values()) - 0.05
+    assert all(rl["win_rate"] > played[name]["win_rate"] for name in ["imitation", *labels])
     samplers = [entry for name, entry in played.items() if entry["sampling"] and name != "rl"]
     assert rl["move_entropy"] < min(entry["move_entropy"] for entry in samplers)
     assert rl["kl_to_data"] > imitator["kl_to_data"] + 0.1
