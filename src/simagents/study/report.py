@@ -652,10 +652,10 @@ def inferred_player_sentence(imitator: dict[str, Any] | None, shares: dict[str, 
 
 INFERRED_RANK_TOLERANCE = 0.2
 """How far (in players, weakest 0 to strongest 4) the imitator's inferred player may sit from
-the data's average and still count as playing like the population (measured at the default
-budget, seed 0, 400 games at each of two seeds: 0.07-0.11 above for an imitator that draws its
-player from the data's shares, 0.37-0.42 below for the unconditioned one; on the simulator of
-4,500 games and 3,000 steps 0.03-0.06 above and 0.61-0.64 below)."""
+the data's average and still count as playing like the population (measured on the default
+budget's simulator of seed 0, 400 games at each of two evaluation seeds: 0.07-0.11 above for an
+imitator that draws its player from the data's shares, 0.37-0.42 below for the unconditioned
+one; on the simulator of 4,500 games and 3,000 steps 0.03-0.06 above and 0.61-0.64 below)."""
 
 
 def write_report(folder: Path, results: dict[str, Any]) -> None:
