@@ -165,7 +165,7 @@ def test_unknown_config_key_and_missing_folder_are_clear_errors(tmp_path: Path):
         Simulator.load(tmp_path / "missing")
 
 
-def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
+def labelled_model(obs_space, act_space, n_head: int, obs_hidden: int = 0) -> Simulator:
     """Label conditioning on, weights large enough that a wrong term would show above 1e-5."""
     torch.manual_seed(7)
     obs_dim = 0 if obs_space is DISCRETE_OBS else 3
@@ -182,7 +182,13 @@ def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
         labels=["a", "b"],
     )
     cfg = SimulatorConfig(
-        context_len=3, n_embd=16, n_layer=3, n_head=n_head, max_timestep=5, condition_on_label=True
+        context_len=3,
+        n_embd=16,
+        n_layer=3,
+        n_head=n_head,
+        max_timestep=5,
+        condition_on_label=True,
+        obs_hidden=obs_hidden,
     )
     model = Simulator(cfg, obs_space, act_space, stats).eval()
     with torch.no_grad():
@@ -192,13 +198,15 @@ def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
 
 
 @pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
-@pytest.mark.parametrize("n_head", [1, 2])
+@pytest.mark.parametrize(("n_head", "obs_hidden"), [(1, 0), (2, 0), (2, 6)])
 @torch.no_grad()
-def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
+def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head, obs_hidden):
     """Context's decoder (batched embeddings, in-place KV buffer, masked attention over all slots,
     candidates in scratch slots) gives the training forward's numbers, with a label, past the
-    last timestep embedding, across refills, and after the weights change in place."""
-    model = labelled_model(obs_space, act_space, n_head)
+    last timestep embedding, across refills, after the weights change in place, and with an
+    observation encoder (obs_hidden; Discrete observations have none)."""
+    model = labelled_model(obs_space, act_space, n_head, obs_hidden)
+    assert (model.obs_encoder is not None) == (obs_hidden > 0 and obs_space is not DISCRETE_OBS)
     episode = random_episode(np.random.default_rng(8), 9, obs_space, act_space)
     rtg = episode.returns_to_go()
 
@@ -242,3 +250,34 @@ def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
             torch.testing.assert_close(ctx.hidden()[0], full["action"][0, -1], atol=1e-5, rtol=1e-5)
             ctx.push_reward(float(episode.rewards[t]))
             torch.testing.assert_close(ctx.hidden()[0], full["reward"][0, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@pytest.mark.parametrize("heads", [("action",), ("value", "termination"), ("reward", "action_value")])
+def test_named_heads_give_the_full_forwards_losses_and_gradients(obs_space, act_space, heads):
+    """A loss over some heads runs the last block on the token kinds they read only; its losses
+    and gradients are those of the full forward (padding, dropped returns and a label included)."""
+    model = labelled_model(obs_space, act_space, n_head=2).train()
+    episode = random_episode(np.random.default_rng(9), 7, obs_space, act_space)
+    windows = WindowSampler([episode], 3).windows(np.array([0, 0, 0]), np.array([0, 2, 5]))  # last padded
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+    batch["return_known"] = torch.tensor([True, False, True])
+    batch["label"] = torch.tensor([1, 2, 0])
+
+    def losses_and_grads(named: tuple[str, ...] | None):
+        model.zero_grad(set_to_none=True)
+        losses = model.loss(batch) if named is None else model.loss(batch, heads=named)
+        losses = {head: losses[head] for head in heads}
+        sum(losses.values()).backward()
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_losses, full_grads = losses_and_grads(None)
+    named_losses, named_grads = losses_and_grads(heads)
+    assert set(named_losses) == set(heads)
+    for head in heads:
+        torch.testing.assert_close(named_losses[head], full_losses[head], atol=1e-5, rtol=1e-5)
+    assert named_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(named_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+    # The pruned forward returns only the kinds asked for.
+    assert set(model(batch, kinds={"return"})) == {"return"}

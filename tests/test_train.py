@@ -98,3 +98,23 @@ def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path: Path):
     log.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "tra')
     RunLog(log, resume_step=2)
     assert log.read_text() == '{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n'
+
+
+def test_zero_weight_heads_are_not_computed_and_bad_weights_are_refused(cartpole_data: Path, tmp_path: Path):
+    from simagents.train import LossWeights
+
+    dt_only = LossWeights(value=0, action_value=0, reward=0, observation=0, termination=0)
+    run = train(tiny_config(cartpole_data, tmp_path / "dt", loss=dt_only), progress=False)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_keys = {k for line in logged for k in line if k.startswith("train/loss_")}
+    assert train_keys == {"train/loss_action"}
+    assert weights_hash(run) != weights_hash(
+        train(tiny_config(cartpole_data, tmp_path / "all"), progress=False)
+    )
+    for weights, message in (
+        (replace(dt_only, action=0), "every --loss"),
+        (replace(dt_only, reward=-1.0), "--loss.reward -1.0: must be 0 or more"),
+    ):
+        with pytest.raises(SimagentsError, match=message):
+            train(tiny_config(cartpole_data, tmp_path / "bad", loss=weights), progress=False)
+        assert not (tmp_path / "bad").exists()

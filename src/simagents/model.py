@@ -83,6 +83,15 @@ CONFIG_FILE = "config.json"
 STATISTICS_FILE = "statistics.json"
 LATEST_FILE = "latest.json"  # in a run's checkpoints/ folder: which checkpoint is newest
 LOSS_HEADS = ("action", "value", "action_value", "reward", "termination", "observation")
+TOKEN_KINDS = ("obs", "return", "action", "reward")  # a timestep's tokens, in order
+HEAD_READS = {
+    "action": "return",
+    "value": "obs",
+    "action_value": "action",
+    "reward": "action",
+    "termination": "reward",
+    "observation": "reward",
+}  # the token kind whose hidden state each loss head reads
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,11 @@ class SimulatorConfig:
     n_return_bins: int = 201
     """Bins of the categorical return distribution, spread over the data's return range. Fine bins
     matter to planners: on CartPole, 51 bins left edt at 473 of 500, 201 bins reached 491."""
+    obs_hidden: int = 0
+    """Width of a hidden layer (GELU) that vector observations pass through before their
+    embedding, so that the first transformer block starts from nonlinear features of the
+    observation (a board's tactics, say) rather than a linear map of it. 0: a linear embedding.
+    Ignored for Discrete observations, which are looked up."""
     condition_on_label: bool = False
     """Add an embedding of the episode's behaviour-policy label (one per label in the training
     data, plus a learned *unknown label*) to every token, so that agents can ask the simulator
@@ -124,6 +138,8 @@ class SimulatorConfig:
         for name in ("context_len", "n_embd", "n_layer", "n_head", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.obs_hidden < 0:
+            raise ValueError(f"obs_hidden={self.obs_hidden} must be 0 (a linear embedding) or more")
         if self.n_return_bins < 2:
             raise ValueError(f"n_return_bins={self.n_return_bins} must be at least 2")
         if self.max_timestep < 0:
@@ -195,7 +211,18 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, commit: bool = True) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        commit: bool = True,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """x (B,n,C) -> (B,n,C); ``rows`` (m,) long, without a cache: only those tokens' outputs
+        (B,m,C), attending causally to all n."""
+        if rows is not None:
+            return self._rows_forward(x, rows)
         B, n, C = x.shape  # batch, new tokens, n_embd
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (
@@ -226,6 +253,21 @@ class CausalSelfAttention(nn.Module):
         # Dropout is skipped, not run at p=0: at batch 1 every op call is a visible share of an act.
         return F.dropout(y, dropout) if dropout else y
 
+    def _rows_forward(self, x: Tensor, rows: Tensor) -> Tensor:
+        # Queries only for the kept rows; keys and values for every token.
+        B, n, C = x.shape
+        m, hd = rows.numel(), C // self.n_head
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x.index_select(1, rows), weight[:C], bias[:C])  # (B,m,C)
+        k, v = F.linear(x, weight[C:], bias[C:]).chunk(2, dim=2)  # (B,n,C) each
+        q = q.view(B, m, self.n_head, hd).transpose(1, 2)  # (B,H,m,hd)
+        k, v = (z.view(B, n, self.n_head, hd).transpose(1, 2) for z in (k, v))  # (B,H,n,hd)
+        dropout = self.dropout if self.training else 0.0
+        mask = causal_mask(n, x.device)[rows]  # (m,n): row i sees the tokens up to rows[i]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = self.proj(y.transpose(1, 2).reshape(B, m, C))
+        return F.dropout(y, dropout) if dropout else y
+
 
 class Block(nn.Module):
     def __init__(self, cfg: SimulatorConfig) -> None:
@@ -247,8 +289,17 @@ class Block(nn.Module):
             raise TypeError("Block.mlp is Linear, GELU, Linear")
         return self.attn.qkv, self.attn.proj, fc, out
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, commit: bool = True) -> Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer, commit)
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        commit: bool = True,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """x (B,n,C) -> (B,n,C), or with ``rows`` (m,) only those tokens' outputs (B,m,C)."""
+        kept = x if rows is None else x.index_select(1, rows)
+        x = kept + self.attn(self.ln1(x), cache, layer, commit, rows)
         y = self.mlp(self.ln2(x))
         return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
 
@@ -347,7 +398,14 @@ class Simulator(nn.Module):
         self.obs_start = int(getattr(observation_space, "start", 0))
         self.act_start = int(getattr(action_space, "start", 0))
         d = cfg.n_embd
-        self.obs_embed = nn.Embedding(self.obs_dim, d) if self.obs_discrete else nn.Linear(self.obs_dim, d)
+        # (obs_dim,) -> (obs_hidden,) GELU features before obs_embed; None: obs_embed reads the observation
+        self.obs_encoder: nn.Sequential | None = None
+        if cfg.obs_hidden and not self.obs_discrete:
+            self.obs_encoder = nn.Sequential(nn.Linear(self.obs_dim, cfg.obs_hidden), nn.GELU())
+        self.obs_features = cfg.obs_hidden if self.obs_encoder is not None else self.obs_dim
+        self.obs_embed = (
+            nn.Embedding(self.obs_dim, d) if self.obs_discrete else nn.Linear(self.obs_features, d)
+        )
         self.act_embed = nn.Embedding(self.act_dim, d) if self.act_discrete else nn.Linear(self.act_dim, d)
         self.return_embed = nn.Linear(1, d)
         self.unknown_return = nn.Parameter(torch.zeros(d))
@@ -441,8 +499,12 @@ class Simulator(nn.Module):
         if self.obs_discrete:
             x = self.obs_embed(obs - self.obs_start)
         else:
-            x = self.obs_embed(self.normalize_observation(obs))
+            x = self.obs_embed(self.observation_features(self.normalize_observation(obs)))
         return x
+
+    def observation_features(self, normalised: Tensor) -> Tensor:
+        """Normalised vector observations (..., obs_dim) -> what obs_embed reads (..., obs_features)."""
+        return normalised if self.obs_encoder is None else self.obs_encoder(normalised)
 
     def _return_content(self, returns: Tensor, known: Tensor) -> Tensor:
         x = self.return_embed(self._scale_return(returns).unsqueeze(-1))
@@ -483,12 +545,19 @@ class Simulator(nn.Module):
         """rewards (B,n) -> (B,n,d)"""
         return self._reward_content(rewards) + self._time(timesteps, labels)
 
-    def transform(self, x: Tensor, cache: KVCache | None = None, commit: bool = True) -> Tensor:
-        """Token embeddings (B,n,d) -> final hidden states (B,n,d), optionally through a KV cache."""
+    def transform(
+        self, x: Tensor, cache: KVCache | None = None, commit: bool = True, rows: Tensor | None = None
+    ) -> Tensor:
+        """Token embeddings (B,n,d) -> final hidden states (B,n,d), optionally through a KV cache.
+
+        ``rows`` (m,) long, without a cache: only those tokens' final states (B,m,d). The last
+        block then runs its queries, MLP and final norm on those rows alone (the earlier blocks
+        feed every token's keys and values, so they run in full)."""
         if self.training and self.cfg.dropout:
             x = self.drop(x)
+        last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, commit)
+            x = block(x, cache, layer, commit, rows if layer == last else None)
         if cache is not None and commit:
             cache.length += x.shape[1]
         h: Tensor = self.ln_f(x)
@@ -496,11 +565,12 @@ class Simulator(nn.Module):
 
     # ---- training --------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, batch: dict[str, Tensor], kinds: Collection[str] = TOKEN_KINDS) -> dict[str, Tensor]:
         """Hidden states per token kind for a batch of windows, each (B,K,d).
 
         ``batch["label"]`` (B,) long, optional: each window's label index (0, the unknown label,
-        when absent); read only with label conditioning."""
+        when absent); read only with label conditioning. ``kinds``: the token kinds wanted (of
+        ``TOKEN_KINDS``); the last block skips the others' queries and MLP."""
         t = batch["timesteps"]  # (B,K)
         B, K = t.shape
         known = batch["return_known"].unsqueeze(1).expand(B, K)  # per window
@@ -513,16 +583,23 @@ class Simulator(nn.Module):
             ],
             dim=2,
         ) + self._time(t, batch.get("label")).unsqueeze(2)  # (B,K,4,d)
-        h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1)).view(B, K, TOKENS_PER_STEP, -1)
-        return {"obs": h[:, :, 0], "return": h[:, :, 1], "action": h[:, :, 2], "reward": h[:, :, 3]}
+        wanted = [i for i, kind in enumerate(TOKEN_KINDS) if kind in kinds]
+        rows = None
+        if len(wanted) < TOKENS_PER_STEP:
+            steps = torch.arange(K, device=t.device).unsqueeze(1) * TOKENS_PER_STEP
+            rows = (steps + torch.tensor(wanted, device=t.device)).flatten()  # (K*len(wanted),)
+        h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1), rows=rows).view(B, K, len(wanted), -1)
+        return {TOKEN_KINDS[i]: h[:, :, j] for j, i in enumerate(wanted)}
 
     def loss(self, batch: dict[str, Tensor], heads: Collection[str] = LOSS_HEADS) -> dict[str, Tensor]:
         """Per-head mean losses over valid tokens, for the heads named (default: all of ``LOSS_HEADS``).
-        Weighting them is the trainer's choice; a head left out costs nothing."""
+        Weighting them is the trainer's choice; a head left out costs nothing, and a token kind
+        that no named head reads skips the last block's queries and MLP (``heads=("action",)``,
+        the Decision Transformer's loss, runs the last block on a quarter of the tokens)."""
         unknown_heads = sorted(set(heads) - set(LOSS_HEADS))
         if unknown_heads:
             raise ValueError(f"unknown loss head(s) {unknown_heads}; choose from {list(LOSS_HEADS)}")
-        h = self(batch)
+        h = self(batch, kinds={HEAD_READS[head] for head in heads})
         valid = batch["mask"]  # (B,K) bool, False on padding
 
         def mean(per_token: Tensor, where: Tensor) -> Tensor:
@@ -741,7 +818,7 @@ class _DecodeWeights:
         self.zero_row = self.reward_row + 1
         # continuous feature columns
         self.obs_col = 0
-        self.return_col = 0 if model.obs_discrete else model.obs_dim
+        self.return_col = 0 if model.obs_discrete else model.obs_features
         self.act_col = self.return_col + 1
         self.reward_col = self.act_col + (0 if model.act_discrete else model.act_dim)
         self.n_features = self.reward_col + 1
@@ -753,7 +830,9 @@ class _DecodeWeights:
         self.act_span = np.asarray(stats.act_high, dtype=np.float32) - self.act_low
         self.return_mid = np.float32(0.5 * (stats.return_low + stats.return_high))
         self.return_half = np.float32(0.5 * (stats.return_high - stats.return_low))
-        embeddings = [model.time_embed, model.label_embed, model.intervention_embed, model.obs_embed]
+        embeddings: list[nn.Module | None] = [model.time_embed, model.label_embed, model.intervention_embed]
+        embeddings += [model.obs_embed]
+        embeddings += [model.obs_encoder]
         embeddings += [model.act_embed, model.return_embed, model.reward_embed]
         self.sources: list[Tensor] = [p for m in embeddings if m is not None for p in m.parameters()]
         self.sources.append(model.unknown_return)
@@ -1055,6 +1134,8 @@ class Context:
             self._push(w.obs_row + int(obs) - model.obs_start, -1, 0.0)
         else:
             normalised = ((obs.detach().numpy().reshape(-1) - w.obs_mean) / w.obs_std).clip(-10, 10)
+            if model.obs_encoder is not None:
+                normalised = model.obs_encoder(torch.from_numpy(normalised)).detach().numpy()
             self._push(w.obs_row, w.obs_col, normalised)
 
     def push_return(self, target: float | None) -> Tensor:

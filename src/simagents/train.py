@@ -167,6 +167,14 @@ class TrainConfig:
                     raise SimagentsError(
                         f"--{name.replace('_', '-')} {value}: must be {rule} (train config field {name})"
                     )
+        weights = to_dict(self.loss)
+        for name, weight in weights.items():
+            if not weight >= 0:
+                raise SimagentsError(
+                    f"--loss.{name.replace('_', '-')} {weight}: must be 0 or more (train config field loss.{name})"
+                )
+        if not any(weights.values()):
+            raise SimagentsError("every --loss.* weight is 0: nothing would train; give --loss.action 1, say")
 
 
 def fit_statistics(
@@ -529,15 +537,17 @@ class DataParallel:
         if self.world > 1:
             self.losses_of = torch.nn.parallel.DistributedDataParallel(_LossOf(model))
 
-    def losses(self, model: Simulator, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, model: Simulator, batch: dict[str, torch.Tensor], heads: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
         if self.losses_of is None:
-            return model.loss(batch)
+            return model.loss(batch, heads)
         size = len(batch["mask"]) // self.world
         local = {k: v[self.rank * size : (self.rank + 1) * size] for k, v in batch.items()}
         everywhere, here = _loss_tokens(batch), _loss_tokens(local)
         return {
             head: value * (here[head] * self.world / max(everywhere[head], 1))
-            for head, value in self.losses_of(local).items()
+            for head, value in self.losses_of(local, heads).items()
         }
 
     def average(self, values: dict[str, float]) -> dict[str, float]:
@@ -555,8 +565,8 @@ class _LossOf(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.model.loss(batch)
+    def forward(self, batch: dict[str, torch.Tensor], heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        return self.model.loss(batch, heads)
 
 
 def _loss_tokens(batch: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -670,6 +680,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
     episode_labels = np.array(label_of, dtype=np.int64)[flat.policy_ids[train_idx]]
     val_sampler = WindowSampler.from_arrays(flat, model_cfg.context_len, val_idx) if len(val_idx) else None
     weights = to_dict(cfg.loss)
+    heads = tuple(name for name, weight in weights.items() if weight)  # a zero-weight head costs nothing
     model.train()
     columns = [
         TextColumn("[bold]train"),
@@ -689,7 +700,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks, replayable on resume
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            losses = parallel.losses(model, batch)
+            losses = parallel.losses(model, batch, heads)
             total = sum(weights[name] * value for name, value in losses.items())
             if not torch.isfinite(total):
                 raise SimagentsError(
