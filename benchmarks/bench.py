@@ -30,7 +30,10 @@ is our training step with the loss under ``torch.compile`` (inductor, needs a C+
 
 Our model writes 4 tokens per timestep (o, R, a, r), HF's 3 (R, s, a): ``train_tokens_per_s``
 counts each model's own tokens, as the issue asks; ``train_window_speedup`` is the ratio of
-training steps per second on the same batch of windows, the stricter number.
+training steps per second on the same batch of windows, the stricter number. With the action
+loss only, our last block runs its queries, MLP and final norm on the return tokens alone (the
+only ones that loss reads; ``Simulator.loss`` does this for any subset of heads), HF's on all
+of its tokens: that is most of the difference in ``train_gflop_per_step``.
 """
 
 from __future__ import annotations
