@@ -124,11 +124,6 @@ class SimulatorConfig:
     n_return_bins: int = 201
     """Bins of the categorical return distribution, spread over the data's return range. Fine bins
     matter to planners: on CartPole, 51 bins left edt at 473 of 500, 201 bins reached 491."""
-    obs_hidden: int = 0
-    """Width of a hidden layer (GELU) that vector observations pass through before their
-    embedding, so that the first transformer block starts from nonlinear features of the
-    observation (a board's tactics, say) rather than a linear map of it. 0: a linear embedding.
-    Ignored for Discrete observations, which are looked up."""
     condition_on_label: bool = False
     """Add an embedding of the episode's behaviour-policy label (one per label in the training
     data, plus a learned *unknown label*) to every token, so that agents can ask the simulator
@@ -138,8 +133,6 @@ class SimulatorConfig:
         for name in ("context_len", "n_embd", "n_layer", "n_head", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.obs_hidden < 0:
-            raise ValueError(f"obs_hidden={self.obs_hidden} must be 0 (a linear embedding) or more")
         if self.n_return_bins < 2:
             raise ValueError(f"n_return_bins={self.n_return_bins} must be at least 2")
         if self.max_timestep < 0:
@@ -398,14 +391,7 @@ class Simulator(nn.Module):
         self.obs_start = int(getattr(observation_space, "start", 0))
         self.act_start = int(getattr(action_space, "start", 0))
         d = cfg.n_embd
-        # (obs_dim,) -> (obs_hidden,) GELU features before obs_embed; None: obs_embed reads the observation
-        self.obs_encoder: nn.Sequential | None = None
-        if cfg.obs_hidden and not self.obs_discrete:
-            self.obs_encoder = nn.Sequential(nn.Linear(self.obs_dim, cfg.obs_hidden), nn.GELU())
-        self.obs_features = cfg.obs_hidden if self.obs_encoder is not None else self.obs_dim
-        self.obs_embed = (
-            nn.Embedding(self.obs_dim, d) if self.obs_discrete else nn.Linear(self.obs_features, d)
-        )
+        self.obs_embed = nn.Embedding(self.obs_dim, d) if self.obs_discrete else nn.Linear(self.obs_dim, d)
         self.act_embed = nn.Embedding(self.act_dim, d) if self.act_discrete else nn.Linear(self.act_dim, d)
         self.return_embed = nn.Linear(1, d)
         self.unknown_return = nn.Parameter(torch.zeros(d))
@@ -499,12 +485,8 @@ class Simulator(nn.Module):
         if self.obs_discrete:
             x = self.obs_embed(obs - self.obs_start)
         else:
-            x = self.obs_embed(self.observation_features(self.normalize_observation(obs)))
+            x = self.obs_embed(self.normalize_observation(obs))
         return x
-
-    def observation_features(self, normalised: Tensor) -> Tensor:
-        """Normalised vector observations (..., obs_dim) -> what obs_embed reads (..., obs_features)."""
-        return normalised if self.obs_encoder is None else self.obs_encoder(normalised)
 
     def _return_content(self, returns: Tensor, known: Tensor) -> Tensor:
         x = self.return_embed(self._scale_return(returns).unsqueeze(-1))
@@ -818,7 +800,7 @@ class _DecodeWeights:
         self.zero_row = self.reward_row + 1
         # continuous feature columns
         self.obs_col = 0
-        self.return_col = 0 if model.obs_discrete else model.obs_features
+        self.return_col = 0 if model.obs_discrete else model.obs_dim
         self.act_col = self.return_col + 1
         self.reward_col = self.act_col + (0 if model.act_discrete else model.act_dim)
         self.n_features = self.reward_col + 1
@@ -830,9 +812,7 @@ class _DecodeWeights:
         self.act_span = np.asarray(stats.act_high, dtype=np.float32) - self.act_low
         self.return_mid = np.float32(0.5 * (stats.return_low + stats.return_high))
         self.return_half = np.float32(0.5 * (stats.return_high - stats.return_low))
-        embeddings: list[nn.Module | None] = [model.time_embed, model.label_embed, model.intervention_embed]
-        embeddings += [model.obs_embed]
-        embeddings += [model.obs_encoder]
+        embeddings = [model.time_embed, model.label_embed, model.intervention_embed, model.obs_embed]
         embeddings += [model.act_embed, model.return_embed, model.reward_embed]
         self.sources: list[Tensor] = [p for m in embeddings if m is not None for p in m.parameters()]
         self.sources.append(model.unknown_return)
@@ -1134,8 +1114,6 @@ class Context:
             self._push(w.obs_row + int(obs) - model.obs_start, -1, 0.0)
         else:
             normalised = ((obs.detach().numpy().reshape(-1) - w.obs_mean) / w.obs_std).clip(-10, 10)
-            if model.obs_encoder is not None:
-                normalised = model.obs_encoder(torch.from_numpy(normalised)).detach().numpy()
             self._push(w.obs_row, w.obs_col, normalised)
 
     def push_return(self, target: float | None) -> Tensor:

@@ -121,9 +121,6 @@ class ConnectFourBudget:
     """Attention heads per block."""
     n_layer: int = 2
     """Simulator depth; the context holds a whole game."""
-    obs_hidden: int = 0
-    """Width of the observation encoder's hidden layer (:attr:`SimulatorConfig.obs_hidden`); 0: a
-    linear embedding of the board's planes."""
     n_return_bins: int = 21
     """Return bins (returns are −1, 0 or +1)."""
     label_dropout: float = 0.5
@@ -346,7 +343,6 @@ def _run(
             n_embd=budget.n_embd,
             n_layer=budget.n_layer,
             n_head=budget.n_head,
-            obs_hidden=budget.obs_hidden,
             n_return_bins=budget.n_return_bins,
             condition_on_label=True,
         ),
