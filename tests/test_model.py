@@ -194,7 +194,7 @@ def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
 @pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
 @pytest.mark.parametrize("n_head", [1, 2])
 @torch.no_grad()
-def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
+def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head, monkeypatch):
     """Context's decoder (batched embeddings, in-place KV buffer, masked attention over all slots,
     candidates in scratch slots) gives the training forward's numbers, with a label, past the
     last timestep embedding, across refills, and after the weights change in place."""
@@ -218,6 +218,8 @@ def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
         if perturbed:  # in place, as an optimiser step would: a new Context must see it
             for p in model.parameters():
                 p.add_(0.05)
+        # the decoder lowers oneDNN for its pass and must leave the flag as it found it
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", not perturbed)
         ctx = Context(model, label="b")
         for t in range(len(episode)):
             ctx.push_observation(as_model_input(episode.observations[t], obs_space))
@@ -236,12 +238,16 @@ def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
             flag = bool(episode.interventions[t])
             scored = ctx.evaluate_actions(candidates, flag)
             batch_actions = forward(t - held + 1, t + 1, candidates)
-            expected = model.expected_return(model.action_value_head(batch_actions["action"][:, -1]))
+            h_action = batch_actions["action"][:, -1]
+            expected = model.expected_return(model.action_value_head(h_action))
             torch.testing.assert_close(scored.expected_return, expected, atol=1e-5, rtol=1e-5)
+            reward = model.predicted_reward(h_action)
+            torch.testing.assert_close(scored.reward, reward, atol=1e-5, rtol=1e-5)
             ctx.push_action(as_model_input(episode.actions[t], act_space), flag)
             torch.testing.assert_close(ctx.hidden()[0], full["action"][0, -1], atol=1e-5, rtol=1e-5)
             ctx.push_reward(float(episode.rewards[t]))
             torch.testing.assert_close(ctx.hidden()[0], full["reward"][0, -1], atol=1e-5, rtol=1e-5)
+        assert torch.backends.mkldnn.enabled == (not perturbed)
 
 
 @pytest.mark.parametrize(("obs_space", "act_space"), SPACES)

@@ -818,10 +818,15 @@ class _DecodeWeights:
         self.sources.append(model.unknown_return)
         for block in typed_blocks(model):
             self.sources += [linear.weight for linear in block.linears()]
+        self.evaluation_heads = (model.action_value_head, model.reward_head)
+        self.sources += [p for head in self.evaluation_heads for p in head.parameters()]
         self.eps = [(b.ln1.eps, b.ln2.eps) for b in typed_blocks(model)]
         self.versions: tuple[int, ...] = ()
         self.table = torch.empty(0)
         self.features_weight = torch.empty(0)
+        # At a_t: the action-value head's logits and the reward head's output in one addmm
+        self.evaluation_weight = torch.empty(0)  # (d, bins + 1)
+        self.evaluation_bias = torch.empty(0)  # (bins + 1,)
         # Per layer: ln1 w, b; qkv w^T, b; proj w^T, b; ln2 w, b; fc w^T, b; out w^T, b
         self.layers: list[tuple[Tensor, ...]] = []
         self.refresh()
@@ -865,6 +870,9 @@ class _DecodeWeights:
             def transposed(linear: nn.Linear) -> tuple[Tensor, Tensor]:
                 return linear.weight.detach().t().contiguous(), linear.bias.detach()
 
+            heads = self.evaluation_heads
+            self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).t().contiguous()
+            self.evaluation_bias = torch.cat([h.bias.detach() for h in heads])
             self.layers = []
             for b in typed_blocks(model):
                 qkv, proj, fc, out = b.linears()
@@ -912,7 +920,7 @@ class Context:
     At batch 1 an ``act`` is bound by per-call overhead and by reading the weights: each of the
     12 linear layers of the reference size (hidden 128, 3 layers) costs about 11 us on 4 rows,
     its weights coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
-    torch calls (a whole ``dt`` action, agent included, makes 97 top-level torch operator calls
+    torch calls (a whole ``dt`` action, agent included, makes 94 top-level torch operator calls
     at 3 layers, down from 163 through the modules; about 4x faster than HF's window
     recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
     before the step (Discrete actions, a grid) runs them in the same pass as the step's own
@@ -924,7 +932,8 @@ class Context:
     sizes) with a cached additive mask that hides the slots not yet written, so no call depends
     on how full the cache is; candidates of :meth:`evaluate_actions` sit in scratch slots after
     the history, each seeing the history and itself; the last layer runs its query, attention
-    and MLP only for the row read, and the final layer norm only on the positions read.
+    and MLP only for the row read, and the final layer norm only on the positions read; the
+    candidates' action-value and reward heads are one ``addmm``.
     """
 
     kv: Tensor  # the key-value buffer; set (and on growth read) by _allocate
@@ -989,14 +998,27 @@ class Context:
         last layer computes its query, attention and MLP for that row (if any) and the candidates
         alone: the result is (1 + candidates, d), or (candidates, d) when all rows are candidates.
         Committed keys and values stay in the cache; the caller advances ``length``."""
-        n, C = x.shape
-        H = self.model.cfg.n_head
+        n = x.shape[0]
         start = self.length
         if start + n > self.slots:
             self._allocate(start + n)
         committed = n - candidates
         mask = self._mask(start, committed, candidates)
         read = max(committed - 1, 0)  # the first row the last layer computes
+        # On a few rows oneDNN's GELU costs ~12 us more per call than ATen's (4x512: 17 us against 5
+        # here), a tenth of a dt action; at training sizes the two take the same time, so the flag
+        # is only lowered for this pass (the typed functions behind ``torch.backends.mkldnn.enabled``).
+        onednn = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            return self._layers(x, start, mask, read)
+        finally:
+            torch._C._set_mkldnn_enabled(onednn)
+
+    def _layers(self, x: Tensor, start: int, mask: Tensor, read: int) -> Tensor:
+        """:meth:`_run`'s transformer layers: rows from slot ``start``, the last layer from row ``read``."""
+        n, C = x.shape
+        H = self.model.cfg.n_head
         scale = (C // H) ** -0.5
         last = len(self.weights.layers) - 1
         for layer, (w1, b1, wqkv, bqkv, wp, bp, w2, b2, wfc, bfc, wout, bout) in enumerate(
@@ -1031,10 +1053,10 @@ class Context:
         x = np.zeros((len(rows), weights.n_features), dtype=np.float32)
         for i, (column, values) in enumerate(features):
             if column >= 0:
-                values = np.asarray(values, dtype=np.float32).reshape(-1)
-                x[i, column : column + values.shape[0]] = values
-        # embedding + sum, not F.embedding_bag: that builds an offsets tensor on every call
-        bag = torch.embedding(weights.table, torch.tensor(rows)).sum(1)
+                x[i, column : column + np.size(values)] = values
+        # embedding + sum, not F.embedding_bag: that builds an offsets tensor on every call; the
+        # index through numpy, as torch.tensor on a nested list costs 15-30 us here
+        bag = torch.embedding(weights.table, torch.from_numpy(np.array(rows, dtype=np.int64))).sum(1)
         return torch.addmm(bag, torch.from_numpy(x), weights.features_weight)
 
     def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
@@ -1169,8 +1191,11 @@ class Context:
         )
         h = self._flush(rows, listed)  # (N,d)
         assert h is not None  # one row per candidate, and there is one
-        logits = self.model.action_value_head(h)
-        return ActionEvaluation(logits, self.model.expected_return(logits), self.model.predicted_reward(h))
+        w, model = self.weights, self.model
+        out = torch.addmm(w.evaluation_bias, h, w.evaluation_weight)  # (N, bins + 1)
+        logits = out[:, :-1]
+        reward = out[:, -1] * model.stats.reward_scale  # as predicted_reward
+        return ActionEvaluation(logits, model.expected_return(logits), reward)
 
     def fork(self, n: int, extra_tokens: int) -> Rollout:
         """n imagined continuations of this history, sharing its cached prefix; the Context is unchanged.

@@ -8,6 +8,7 @@ import torch
 
 from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, tiny_model
 from simagents.agents import AGENTS, evaluate, make_agent
+from simagents.agents.planner import sampled_candidates
 from simagents.data.episodes import episode_from_arrays
 from simagents.data.minari_io import save_dataset
 from simagents.errors import SimagentsError
@@ -90,6 +91,21 @@ def test_planner_choice_equals_argmax_of_independently_scored_candidates(obs_spa
                 assert action == int(np.argmax(scores))
             ctx.push_action(chosen, flag)
             ctx.push_reward(0.5)
+
+
+@torch.no_grad()
+def test_sampled_candidates_are_the_policys_mode_and_samples_with_their_log_densities():
+    model = tiny_model(BOX_OBS, BOX_ACT, seed=5)
+    model.action_head.bias[model.act_dim :] = 1.0  # a wide policy: some samples fall outside the box
+    h = torch.randn(1, model.cfg.n_embd)
+    candidates, log_density = sampled_candidates(model, h, 9, torch.Generator().manual_seed(4))
+    mode = model.sample_action(h, None, 0.0)
+    samples = model.sample_action(h, torch.Generator().manual_seed(4), 1.0, 8)
+    torch.testing.assert_close(candidates, torch.cat([mode, samples]))
+    high = torch.as_tensor(BOX_ACT.high)
+    assert bool((candidates == high).any() | (candidates == -high).any())  # the clipped ones count too
+    log_p = model.action_log_prob(h.expand(9, -1), candidates).numpy()
+    np.testing.assert_allclose(log_density - log_density[0], log_p - log_p[0], atol=1e-4)
 
 
 BANDIT_SPACES = (gym.spaces.Discrete(1), gym.spaces.Discrete(2))
