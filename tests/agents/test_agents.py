@@ -94,14 +94,19 @@ def test_planner_choice_equals_argmax_of_independently_scored_candidates(obs_spa
 
 
 @torch.no_grad()
-def test_sampled_candidates_are_the_policys_mode_and_samples_with_their_log_densities():
+def test_box_policy_samples_and_candidates_equal_the_batch_paths_with_their_log_densities():
     model = tiny_model(BOX_OBS, BOX_ACT, seed=5)
     model.action_head.bias[model.act_dim :] = 1.0  # a wide policy: some samples fall outside the box
     h = torch.randn(1, model.cfg.n_embd)
     candidates, log_density = sampled_candidates(model, h, 9, torch.Generator().manual_seed(4))
-    mode = model.sample_action(h, None, 0.0)
+    # the batch path's numbers: Simulator._gaussian and denormalize_action on tensors
+    mean, log_std = model._gaussian(model.action_params(h))  # (1,A) each
+    noise = torch.randn(8, model.act_dim, generator=torch.Generator().manual_seed(4))
+    expected = model.denormalize_action(torch.cat([mean, mean + log_std.exp() * noise]))
+    torch.testing.assert_close(candidates, expected)
+    mode = model.sample_action(h, None, 0.0, n=2)
     samples = model.sample_action(h, torch.Generator().manual_seed(4), 1.0, 8)
-    torch.testing.assert_close(candidates, torch.cat([mode, samples]))
+    torch.testing.assert_close(torch.cat([mode, samples]), torch.cat([expected[:1], expected]))
     high = torch.as_tensor(BOX_ACT.high)
     assert bool((candidates == high).any() | (candidates == -high).any())  # the clipped ones count too
     log_p = model.action_log_prob(h.expand(9, -1), candidates).numpy()

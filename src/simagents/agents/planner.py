@@ -229,18 +229,13 @@ def sampled_candidates(
     """Box: hidden at R_t (1,d) -> the policy's mode and n-1 samples (n,act_dim) in env units, and
     their log densities under the policy up to a constant shared by all (n,).
 
-    The numbers of ``sample_action`` (temperature 0, then n-1 samples from the same generator). The
-    arithmetic on these few floats runs in numpy: at batch 1 an operation costs about 1 us there
-    against 5-10 in torch, and this step made a tenth of an edt action's torch calls."""
-    params = model.action_params(h_return).reshape(-1).numpy()
-    A = model.act_dim
-    mean, std = np.tanh(params[:A]), np.exp(np.clip(params[A:], -5, 1))  # as Simulator._gaussian
-    noise = torch.randn(n - 1, A, generator=generator).numpy()
+    The numbers of ``sample_action`` (temperature 0, then n-1 samples from the same generator),
+    from one head evaluation, in numpy as :meth:`~simagents.model.Simulator.gaussian_policy`."""
+    mean, std = model.gaussian_policy(h_return)
+    noise = torch.randn(n - 1, model.act_dim, generator=generator).numpy()
     normalized = np.clip(np.vstack([mean, mean + std * noise]), -1, 1)  # as denormalize_action
     log_density = -0.5 * np.square((normalized - mean) / std).sum(1)
-    low = np.asarray(model.stats.act_low, dtype=np.float32)
-    span = np.asarray(model.stats.act_high, dtype=np.float32) - low
-    return torch.from_numpy(low + (normalized + 1) * 0.5 * span), log_density
+    return model.denormalize_action_array(normalized), log_density
 
 
 def evenly_spaced_actions(model: Simulator, levels: int) -> Tensor:
