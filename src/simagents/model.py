@@ -938,7 +938,7 @@ class Context:
     12 linear layers of the reference size (hidden 128, 3 layers) costs about 11 us on 4 rows,
     its weights coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
     torch calls (a whole ``dt`` action, agent included, makes 94 top-level torch operator calls
-    at 3 layers, down from 163 through the modules; about 4x faster than HF's window
+    at 3 layers, down from 163 through the modules; 4-5x faster than HF's window
     recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
     before the step (Discrete actions, a grid) runs them in the same pass as the step's own
     tokens (:meth:`queue_return`, :meth:`evaluate_actions`). The tokens waiting are embedded

@@ -132,6 +132,11 @@ class TrainConfig:
     behaviour-policy label replaced by the unknown label (windows showing their return always
     hide it). Such windows train the simulator to infer who is playing from the history
     (unconditioned imitation, the planners); the others to play as the named policy."""
+    first_step_share: float = 0.0
+    """Share of windows that begin at their episode's first step; the others begin at a uniform
+    step. A window from the first step shows the whole history up to each of its steps, as an
+    agent acting from an episode's start holds it: for inferring from the whole history who is
+    acting (unconditioned imitation of a population of players)."""
     validation_fraction: float = 0.1
     """Share of episodes held out for eval/... metrics."""
     eval_every: int = 250
@@ -158,7 +163,17 @@ class TrainConfig:
                 0,
                 math.inf,
             ),
-            "in [0, 1]": (("min_lr_ratio", "return_dropout", "label_dropout", "validation_fraction"), 0, 1),
+            "in [0, 1]": (
+                (
+                    "min_lr_ratio",
+                    "return_dropout",
+                    "label_dropout",
+                    "first_step_share",
+                    "validation_fraction",
+                ),
+                0,
+                1,
+            ),
         }
         for rule, (names, low, high) in rules.items():
             for name in names:
@@ -322,7 +337,7 @@ def training_batch(sampler: WindowSampler, cfg: TrainConfig, step: int) -> dict[
     group = cfg.length_grouping
     if group == 1:
         rng = np.random.default_rng([cfg.seed, step])
-        windows = sampler.sample(rng, cfg.batch_size)
+        windows = sampler.sample(rng, cfg.batch_size, cfg.first_step_share)
         # One dropout coin per draw: a block's episodes hide or show their returns together, else the
         # action-value head would see one action of a pair without the other half the time.
         coin = rng.random(cfg.batch_size)
@@ -334,7 +349,7 @@ def training_batch(sampler: WindowSampler, cfg: TrainConfig, step: int) -> dict[
         )
     # The group's windows are drawn alike at each of its steps; only this step's are gathered.
     rng = np.random.default_rng([cfg.seed, step // group, group])
-    episode, start = sampler.draw(rng, cfg.batch_size * group)
+    episode, start = sampler.draw(rng, cfg.batch_size * group, cfg.first_step_share)
     coin = rng.random(cfg.batch_size * group)
     length = np.minimum(sampler.context_len, sampler.lengths[episode] - start)
     longest_first = np.argsort(-length, kind="stable").reshape(group, cfg.batch_size)

@@ -186,3 +186,21 @@ def test_length_grouping_refuses_data_whose_blocks_must_share_a_batch():
     cfg = TrainConfig(data=("unused",), out="unused", batch_size=4, length_grouping=2)
     with pytest.raises(SimagentsError, match="length-grouping 1"):
         training_batch(sampler, cfg, step=0)
+
+
+def test_a_share_of_windows_begins_at_the_first_step_and_share_zero_changes_nothing():
+    rng = np.random.default_rng(0)
+    episodes = [random_episode(rng, n, BOX_OBS, BOX_ACT) for n in (20, 30, 40)]
+    sampler = WindowSampler(episodes, 8)
+    plain = sampler.draw(np.random.default_rng(5), 4000)
+    for share in (0.0, 0.3, 1.0):
+        episode, start = sampler.draw(np.random.default_rng(5), 4000, first_step_share=share)
+        np.testing.assert_array_equal(episode, plain[0])  # the same episodes: only starts move
+        moved = start != plain[1]
+        assert (start[moved] == 0).all()
+        at_first = (start == 0).mean()
+        # episodes drawn by length, starts uniform: step 0 with probability episodes / steps
+        expected = share + (1 - share) * 3 / 90
+        assert abs(at_first - expected) < 0.025, share
+    windows = sampler.sample(np.random.default_rng(5), 500, first_step_share=1.0)
+    assert (windows["start"] == 0).all() and (windows["timesteps"][:, 0] == 0).all()

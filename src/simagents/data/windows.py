@@ -69,8 +69,11 @@ class WindowSampler:
     def n_steps(self) -> int:
         return int(self.lengths.sum())
 
-    def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-        """``batch_size`` windows; episodes weighted by length, start uniform within the episode.
+    def sample(
+        self, rng: np.random.Generator, batch_size: int, first_step_share: float = 0.0
+    ) -> dict[str, np.ndarray]:
+        """``batch_size`` windows; episodes weighted by length, start uniform within the episode, or
+        with probability ``first_step_share`` at its first step.
 
         With blocks, whole blocks are drawn (weighted by their steps) from one start, until the
         batch is full; the last block drawn, if cut short, is masked out (no loss on it). ``draw`` (B,) numbers the
@@ -78,12 +81,14 @@ class WindowSampler:
         dropout) can be made per block and keep the block's comparison paired.
         """
         if self.units is None:
-            episode, start = self.draw(rng, batch_size)
+            episode, start = self.draw(rng, batch_size, first_step_share)
             return {**self.windows(episode, start), "draw": np.arange(batch_size)}
         members = self.units  # (U, S) episode indices, -1 pads smaller units
         # Every unit holds at least one episode, so batch_size units always fill the batch.
         unit = rng.choice(len(members), size=batch_size, p=self.unit_p)
-        unit_start = (rng.random(batch_size) * self.lengths[members[unit, 0]]).astype(np.int64)
+        unit_start = from_first_step(
+            rng, (rng.random(batch_size) * self.lengths[members[unit, 0]]).astype(np.int64), first_step_share
+        )
         episode = members[unit].reshape(-1)
         start = np.repeat(unit_start, members.shape[1])
         draw = np.repeat(np.arange(batch_size), members.shape[1])
@@ -97,12 +102,14 @@ class WindowSampler:
             windows["mask"][last] = False
         return {**windows, "draw": draw}
 
-    def draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(
+        self, rng: np.random.Generator, batch_size: int, first_step_share: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(episode, start) of ``batch_size`` windows without blocks, as :meth:`sample` draws them,
         before any is gathered."""
         episode = rng.choice(len(self.lengths), size=batch_size, p=self.lengths / self.lengths.sum())
         start = (rng.random(batch_size) * self.lengths[episode]).astype(np.int64)
-        return episode, start
+        return episode, from_first_step(rng, start, first_step_share)
 
     def windows(self, episode: np.ndarray, start: np.ndarray) -> dict[str, np.ndarray]:
         """Windows of the given episodes from the given steps. Arrays are (B, K, ...)."""
@@ -130,6 +137,14 @@ class WindowSampler:
             "episode": episode,
             "start": start,
         }
+
+
+def from_first_step(rng: np.random.Generator, start: np.ndarray, share: float) -> np.ndarray:
+    """``start`` with each entry set to 0 with probability ``share``; share 0 draws nothing, so
+    the generator's stream (and every later draw) is as it was without the option."""
+    if share == 0:
+        return start
+    return np.where(rng.random(start.shape[0]) < share, 0, start)
 
 
 def _sampling_units(blocks: np.ndarray) -> np.ndarray | None:

@@ -125,6 +125,8 @@ class ConnectFourBudget:
     """Return bins (returns are −1, 0 or +1)."""
     label_dropout: float = 0.5
     """Share of training windows whose player label is hidden (unconditioned imitation)."""
+    first_step_share: float = 0.0
+    """Share of training windows that begin at the game's first move (the others at a uniform move)."""
     eval_games: int = 100
     """Games each agent plays against the reference opponent (outcomes, blunders, move statistics)."""
     elo_games: int = 10
@@ -352,6 +354,7 @@ def _run(
         lr=budget.lr,
         warmup_steps=min(50, budget.steps),
         label_dropout=budget.label_dropout,
+        first_step_share=budget.first_step_share,
         validation_fraction=0.0,  # the held-out games are their own set
         eval_every=budget.steps,
         log_every=max(budget.steps // 4, 1),
