@@ -937,7 +937,7 @@ class Context:
     At batch 1 an ``act`` is bound by per-call overhead and by reading the weights: each of the
     12 linear layers of the reference size (hidden 128, 3 layers) costs about 11 us on 4 rows,
     its weights coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
-    torch calls (a whole ``dt`` action, agent included, makes 94 top-level torch operator calls
+    torch calls (a whole ``dt`` action, agent included, makes 86 top-level torch operator calls
     at 3 layers, down from 163 through the modules; 4-5x faster than HF's window
     recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
     before the step (Discrete actions, a grid) runs them in the same pass as the step's own
