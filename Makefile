@@ -25,11 +25,11 @@ study: $(STAMP)
 	$(VENV)/bin/simagents study --profile quick --out runs/quick --resume --workers 2
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist worksteal
 
 # The slow "does it learn" tests as well.
 test-all: $(STAMP)
-	$(PY) -m pytest --runslow
+	$(PY) -m pytest --runslow -n auto --dist worksteal
 
 # ruff, then mypy --strict on the whole package (settings in pyproject.toml's [tool.mypy]).
 lint: $(STAMP)

@@ -1,7 +1,16 @@
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+# Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each gets its share
+# of torch threads, and so do the processes it starts (the CLI, study workers, torchrun), so that
+# two workers do not run four spinning threads on two cores.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
