@@ -680,17 +680,18 @@ class Simulator(nn.Module):
     def gaussian_policy(self, h_return: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Box: hidden at R_t (1,d) -> the policy's mean in [-1, 1] and its std, (act_dim,) each.
 
-        :meth:`_gaussian` for one row, in numpy: on these few floats an operation costs about 1 us
-        there against 5-10 in torch, a visible share of an action at batch 1."""
-        params = self.action_params(h_return).detach().reshape(-1).numpy()
+        :meth:`_gaussian` for one row, head included, in numpy: on these few floats an operation
+        costs about 1 us there against 5-20 in torch, a visible share of an action at batch 1."""
+        weights = _decode_weights(self)
+        weights.refresh()
+        params = h_return.detach().numpy().reshape(-1) @ weights.policy_weight + weights.policy_bias
         A = self.act_dim
         return np.tanh(params[:A]), np.exp(np.clip(params[A:], -5, 1))
 
     def denormalize_action_array(self, actions: np.ndarray) -> Tensor:
         """:meth:`denormalize_action` of a numpy array in [-1, 1] units (clipped to them)."""
-        low = np.asarray(self.stats.act_low, dtype=np.float32)
-        span = np.asarray(self.stats.act_high, dtype=np.float32) - low
-        return torch.from_numpy(low + (np.clip(actions, -1, 1) + 1) * 0.5 * span)
+        weights = _decode_weights(self)
+        return torch.from_numpy(weights.act_low + (np.clip(actions, -1, 1) + 1) * 0.5 * weights.act_span)
 
     def expected_return(self, logits: Tensor) -> Tensor:
         """Return-bin logits (...,bins) -> expected return (...) in env units."""
@@ -795,8 +796,9 @@ class _DecodeWeights:
 
     Token embeddings become one lookup (each token sums 4 rows of one table: its
     timestep, its label, its type's bias or discrete content, and the action flag or a zero row)
-    plus one ``addmm`` of the continuous features (normalised observation, scaled return,
-    normalised action, scaled reward; zero where a token has none) by their stacked weights.
+    plus one product of the continuous features (normalised observation, scaled return,
+    normalised action, scaled reward; zero where a token has none) by their stacked weights,
+    both in numpy (the table and the stacked weights are numpy arrays).
     Linear weights are kept transposed and contiguous: ``addmm`` on them takes about 6 us on a
     few rows where ``F.linear`` on the (out, in) layout takes about 10. These are copies, shared
     by the model's Contexts: :meth:`refresh` rebuilds them when a parameter they copy changed in
@@ -837,13 +839,17 @@ class _DecodeWeights:
             self.sources += [linear.weight for linear in block.linears()]
         self.evaluation_heads = (model.action_value_head, model.reward_head)
         self.sources += [p for head in self.evaluation_heads for p in head.parameters()]
+        self.sources += list(model.action_head.parameters())
         self.eps = [(b.ln1.eps, b.ln2.eps) for b in typed_blocks(model)]
         self.versions: tuple[int, ...] = ()
-        self.table = torch.empty(0)
-        self.features_weight = torch.empty(0)
+        self.table = np.empty((0, d), dtype=np.float32)  # (rows, d)
+        self.features_weight = np.empty((0, d), dtype=np.float32)  # (n_features, d)
         # At a_t: the action-value head's logits and the reward head's output in one addmm
         self.evaluation_weight = torch.empty(0)  # (d, bins + 1)
         self.evaluation_bias = torch.empty(0)  # (bins + 1,)
+        # The policy head at one row, in numpy (Simulator.gaussian_policy)
+        self.policy_weight = np.empty((d, 0), dtype=np.float32)  # (d, out)
+        self.policy_bias = np.empty(0, dtype=np.float32)  # (out,)
         # Per layer: ln1 w, b; qkv w^T, b; proj w^T, b; ln2 w, b; fc w^T, b; out w^T, b
         self.layers: list[tuple[Tensor, ...]] = []
         self.refresh()
@@ -864,7 +870,7 @@ class _DecodeWeights:
                 raise TypeError(f"a {'discrete' if discrete else 'continuous'} token embeds with {module}")
 
             labels = model.label_embed.weight.detach() if model.label_embed is not None else torch.zeros(1, d)
-            self.table = torch.cat(
+            table = torch.cat(
                 [
                     model.time_embed.weight.detach(),
                     labels,
@@ -877,12 +883,13 @@ class _DecodeWeights:
                     torch.zeros(1, d),
                 ]
             )
+            self.table = table.numpy()
             columns = [] if model.obs_discrete else [model.obs_embed.weight.detach().t()]
             columns.append(model.return_embed.weight.detach().t())
             if not model.act_discrete:
                 columns.append(model.act_embed.weight.detach().t())
             columns.append(model.reward_embed.weight.detach().t())
-            self.features_weight = torch.cat(columns).contiguous()  # (n_features, d)
+            self.features_weight = torch.cat(columns).numpy()  # (n_features, d)
 
             def transposed(linear: nn.Linear) -> tuple[Tensor, Tensor]:
                 return linear.weight.detach().t().contiguous(), linear.bias.detach()
@@ -890,6 +897,8 @@ class _DecodeWeights:
             heads = self.evaluation_heads
             self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).t().contiguous()
             self.evaluation_bias = torch.cat([h.bias.detach() for h in heads])
+            self.policy_weight = model.action_head.weight.detach().t().contiguous().numpy()
+            self.policy_bias = model.action_head.bias.detach().clone().numpy()
             self.layers = []
             for b in typed_blocks(model):
                 qkv, proj, fc, out = b.linears()
@@ -942,7 +951,7 @@ class Context:
     recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
     before the step (Discrete actions, a grid) runs them in the same pass as the step's own
     tokens (:meth:`queue_return`, :meth:`evaluate_actions`). The tokens waiting are embedded
-    together (one table lookup and one ``addmm``, :class:`_DecodeWeights`); linear layers are
+    together (in numpy: a table lookup and one product, :class:`_DecodeWeights`); linear layers are
     ``addmm`` on transposed weights; the keys and values of each layer are written in place
     into one preallocated buffer, and every query attends to all of its slots (``addmm``,
     ``softmax``, ``mm``: three times faster than ``scaled_dot_product_attention`` at these
@@ -1071,10 +1080,10 @@ class Context:
         for i, (column, values) in enumerate(features):
             if column >= 0:
                 x[i, column : column + np.size(values)] = values
-        # embedding + sum, not F.embedding_bag: that builds an offsets tensor on every call; the
-        # index through numpy, as torch.tensor on a nested list costs 15-30 us here
-        bag = torch.embedding(weights.table, torch.from_numpy(np.array(rows, dtype=np.int64))).sum(1)
-        return torch.addmm(bag, torch.from_numpy(x), weights.features_weight)
+        # In numpy: on a few rows the lookup, the sum and the product cost ~10 us there against ~55
+        # as torch's embedding, sum and addmm (each torch call ~5-25 us at these sizes).
+        bag = weights.table[np.array(rows, dtype=np.intp)].sum(1)  # (n,4,d) -> (n,d)
+        return torch.from_numpy(bag + x @ weights.features_weight)
 
     def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
         w = self.weights

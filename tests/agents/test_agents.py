@@ -111,6 +111,10 @@ def test_box_policy_samples_and_candidates_equal_the_batch_paths_with_their_log_
     assert bool((candidates == high).any() | (candidates == -high).any())  # the clipped ones count too
     log_p = model.action_log_prob(h.expand(9, -1), candidates).numpy()
     np.testing.assert_allclose(log_density - log_density[0], log_p - log_p[0], atol=1e-4)
+    # the head's numpy copy follows an in-place change, as an optimiser step makes
+    model.action_head.weight.mul_(-1)
+    mean, _ = model._gaussian(model.action_params(h))
+    torch.testing.assert_close(model.sample_action(h, None, 0.0), model.denormalize_action(mean))
 
 
 BANDIT_SPACES = (gym.spaces.Discrete(1), gym.spaces.Discrete(2))
