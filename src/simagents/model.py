@@ -850,7 +850,8 @@ class _DecodeWeights:
         # The policy head at one row, in numpy (Simulator.gaussian_policy)
         self.policy_weight = np.empty((d, 0), dtype=np.float32)  # (d, out)
         self.policy_bias = np.empty(0, dtype=np.float32)  # (out,)
-        # Per layer: ln1 w, b; qkv w^T, b; proj w^T, b; ln2 w, b; fc w^T, b; out w^T, b
+        # Per layer: ln1 w, b; qkv w^T, b (with one head also the projected values' columns: (C,4C));
+        # proj w^T, b; ln2 w, b; fc w^T, b; out w^T, b
         self.layers: list[tuple[Tensor, ...]] = []
         self.refresh()
 
@@ -902,12 +903,24 @@ class _DecodeWeights:
             self.layers = []
             for b in typed_blocks(model):
                 qkv, proj, fc, out = b.linears()
+                wqkv, bqkv = transposed(qkv)  # (C,3C), (3C,)
+                wp, bp = transposed(proj)
+                if model.cfg.n_head == 1:
+                    # One head: softmax(s) V Wp + bp = softmax(s) (V Wp + bp), the rows of softmax(s)
+                    # summing to 1. So the layer also writes projected values V Wp + bp (from
+                    # Wv Wp, bv Wp + bp) and its attention output is one addmm onto the residual;
+                    # the plain values stay for fork's rollouts, which attend the usual way.
+                    C = wp.shape[0]
+                    wqkv = torch.cat([wqkv, wqkv[:, 2 * C :] @ wp], dim=1)  # (C,4C)
+                    bqkv = torch.cat([bqkv, bqkv[2 * C :] @ wp + bp])
                 self.layers.append(
                     (
                         b.ln1.weight.detach(),
                         b.ln1.bias.detach(),
-                        *transposed(qkv),
-                        *transposed(proj),
+                        wqkv,
+                        bqkv,
+                        wp,
+                        bp,
                         b.ln2.weight.detach(),
                         b.ln2.bias.detach(),
                         *transposed(fc),
@@ -943,10 +956,10 @@ class Context:
     ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
     the simulator to continue the episode as that policy; None leaves it unknown.
 
-    At batch 1 an ``act`` is bound by per-call overhead and by reading the weights: each of the
-    12 linear layers of the reference size (hidden 128, 3 layers) costs about 11 us on 4 rows,
-    its weights coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
-    torch calls (a whole ``dt`` action, agent included, makes 86 top-level torch operator calls
+    At batch 1 an ``act`` is bound by per-call overhead and by reading the weights: a linear
+    layer of the reference size (hidden 128, 3 layers) costs 11-19 us on 4 rows, its weights
+    coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
+    torch calls (a whole ``dt`` action, agent included, makes 74 top-level torch operator calls
     at 3 layers, down from 163 through the modules; 4-5x faster than HF's window
     recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
     before the step (Discrete actions, a grid) runs them in the same pass as the step's own
@@ -957,7 +970,9 @@ class Context:
     ``softmax``, ``mm``: three times faster than ``scaled_dot_product_attention`` at these
     sizes) with a cached additive mask that hides the slots not yet written, so no call depends
     on how full the cache is; candidates of :meth:`evaluate_actions` sit in scratch slots after
-    the history, each seeing the history and itself; the last layer runs its query, attention
+    the history, each seeing the history and itself; with one head each layer also caches its
+    values through the output projection, so attention and projection end in one ``addmm`` onto
+    the residual stream; the last layer runs its query, attention
     and MLP only for the row read, and the final layer norm only on the positions read; the
     candidates' action-value and reward heads are one ``addmm``.
     """
@@ -984,17 +999,18 @@ class Context:
         """(Re)allocate the per-layer key-value buffer for ``slots`` tokens, keeping its content."""
         cfg = self.model.cfg
         C, H = cfg.n_embd, cfg.n_head
-        kv = torch.zeros(cfg.n_layer, slots, 2 * C)  # keys [..., :C], values [..., C:], heads as in qkv
+        # keys [..., :C], values [..., C:2C], heads as in qkv; one head: projected values [..., 2C:]
+        kv = torch.zeros(cfg.n_layer, slots, (3 if H == 1 else 2) * C)
         if hasattr(self, "kv"):
             kv[:, : self.kv.shape[1]] = self.kv
         self.kv = kv
         self.slots = slots
-        # (slots, 2C) per layer; indexing, not unbind: its views may not be written under grad mode
+        # (slots, 2C or 3C) per layer; indexing, not unbind: its views may not be written under grad mode
         self.kv_layers = [kv[layer] for layer in range(cfg.n_layer)]
         self.keys = [z[:, :C].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]  # (H,slots,hd)
-        self.values = [z[:, C:].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]
+        self.values = [z[:, C : 2 * C].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]
         self.keys_t = [z[:, :C].t() for z in self.kv_layers]  # (C,slots), for one head
-        self.values_2d = [z[:, C:] for z in self.kv_layers]  # (slots,C)
+        self.projected_values = [z[:, 2 * C :] for z in self.kv_layers]  # (slots,C), for one head
         self._masks: dict[tuple[int, int, int], Tensor] = {}
 
     def _mask(self, start: int, committed: int, candidates: int) -> Tensor:
@@ -1051,19 +1067,19 @@ class Context:
             self.weights.layers
         ):
             eps1, eps2 = self.weights.eps[layer]
-            qkv = torch.addmm(bqkv, F.layer_norm(x, (C,), w1, b1, eps1), wqkv)  # (n,3C)
+            qkv = torch.addmm(bqkv, F.layer_norm(x, (C,), w1, b1, eps1), wqkv)  # (n,3C); one head (n,4C)
             self.kv_layers[layer].narrow(0, start, n).copy_(qkv[:, C:])
             if layer == last and read:
                 qkv, x, mask = qkv[read:], x[read:], mask[read:]
             if H == 1:  # (rows,C) x (C,slots): the keys' transposed view, no copy
                 scores = torch.addmm(mask, qkv[:, :C], self.keys_t[layer], alpha=scale)
-                y = torch.mm(torch.softmax(scores, -1), self.values_2d[layer])
+                x = torch.addmm(x, torch.softmax(scores, -1), self.projected_values[layer])
             else:
                 rows = x.shape[0]
                 q = qkv[:, :C].view(rows, H, C // H).transpose(0, 1)  # (H,rows,hd)
                 scores = torch.baddbmm(mask, q, self.keys[layer].transpose(1, 2), alpha=scale)
                 y = torch.bmm(torch.softmax(scores, -1), self.values[layer]).transpose(0, 1).reshape(rows, C)
-            x = torch.addmm(bp, y, wp).add_(x)
+                x = torch.addmm(bp, y, wp).add_(x)
             h = F.gelu(torch.addmm(bfc, F.layer_norm(x, (C,), w2, b2, eps2), wfc))
             x = torch.addmm(bout, h, wout).add_(x)
         return x
