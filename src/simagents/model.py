@@ -677,14 +677,22 @@ class Simulator(nn.Module):
         noise = torch.randn(n, self.act_dim, generator=generator).numpy()
         return self.denormalize_action_array(mean + temperature * std * noise)
 
+    def action_params_array(self, h_return: Tensor) -> np.ndarray:
+        """:meth:`action_params` of one row: hidden at R_t (1,d) -> (act_dim,) logits or
+        (2*act_dim,) Gaussian parameters, in numpy (from the decoder's copy of the head)."""
+        weights = _decode_weights(self)
+        weights.refresh()
+        params: np.ndarray = (
+            h_return.detach().numpy().reshape(-1) @ weights.policy_weight + weights.policy_bias
+        )
+        return params
+
     def gaussian_policy(self, h_return: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Box: hidden at R_t (1,d) -> the policy's mean in [-1, 1] and its std, (act_dim,) each.
 
         :meth:`_gaussian` for one row, head included, in numpy: on these few floats an operation
         costs about 1 us there against 5-20 in torch, a visible share of an action at batch 1."""
-        weights = _decode_weights(self)
-        weights.refresh()
-        params = h_return.detach().numpy().reshape(-1) @ weights.policy_weight + weights.policy_bias
+        params = self.action_params_array(h_return)
         A = self.act_dim
         return np.tanh(params[:A]), np.exp(np.clip(params[A:], -5, 1))
 

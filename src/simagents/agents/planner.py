@@ -329,10 +329,12 @@ class PlannerAgent(SimulatorAgent):
         if self.support == 0 or candidates.shape[0] < 2:
             return total
         if log_p is None:
+            model = self.simulator
             h_return = self.context.hidden()  # (1,d) at R_t: already run with the candidates, no new pass
-            log_p = self.simulator.action_log_prob(
-                h_return.expand(candidates.shape[0], -1), candidates
-            ).numpy()
+            if model.act_discrete:  # the logits: log probabilities up to the log-partition
+                log_p = model.action_params_array(h_return)[candidates.numpy() - model.act_start]
+            else:
+                log_p = model.action_log_prob(h_return.expand(candidates.shape[0], -1), candidates).numpy()
         return total.masked_fill(torch.from_numpy(log_p < log_p.max() + math.log(self.support)), -torch.inf)
 
     def score(self, candidates: Tensor) -> PlanScores:
