@@ -16,7 +16,7 @@ from simagents.envs.connect_four import POPULATION, ConnectFourEnv
 from simagents.envs.connect_four_metrics import play_games
 from simagents.errors import SimagentsError
 from simagents.model import Simulator
-from simagents.study.connect_four import inferred_player, run_connect_four
+from simagents.study.connect_four import BUDGETS, inferred_player, run_connect_four
 from simagents.study.report import connect_four_interpretation
 
 METRICS = (
@@ -74,6 +74,17 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         assert 0 < results["label_nll"][player]["own_label"] < 3
         assert 0 < results["label_nll"][player]["unknown_label"] < 3
     assert (out / "simulator").is_dir() and (out / "rl" / "model.safetensors").is_file()
+
+
+def test_the_budget_sets_the_simulators_training(tmp_path: Path) -> None:
+    budget = replace(
+        BUDGETS["smoke"], return_dropout=0.75, label_dropout=0.25, observation_loss=0.1, dropout=0.2
+    )
+    run_connect_four(out=tmp_path / "run", budget=budget, agents=["imitation"])
+    config = json.loads((tmp_path / "run" / "simulator" / "config.json").read_text())
+    assert (config["return_dropout"], config["label_dropout"]) == (0.75, 0.25)
+    assert config["loss"]["observation"] == 0.1 and config["loss"]["action"] == 1.0
+    assert config["model"]["dropout"] == 0.2
 
 
 @pytest.mark.parametrize(
