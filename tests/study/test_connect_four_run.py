@@ -249,3 +249,33 @@ def test_the_report_says_whom_the_unconditioned_imitator_plays_like(
     text = connect_four_interpretation(result)
     assert f"it plays {verdict} it simulates" in text
     assert f"random {inferred[0]:.2f}, novice {inferred[1]:.2f}" in text
+
+
+@pytest.mark.parametrize(
+    ("unconditioned", "labels", "verdict"),
+    [
+        # measured, seed 0 (2026-12-04): the imitator 0.36, its labels' average 0.35, the players 0.44
+        (0.36, [0.01, 0.13, 0.35, 0.64, 0.62], "the gap to the population is the labels' own"),
+        (0.20, [0.00, 0.14, 0.55, 0.68, 0.84], "the gap is in the mixing"),
+        (0.42, [0.01, 0.13, 0.35, 0.64, 0.62], "it plays at the population's strength"),
+    ],
+)
+def test_the_report_says_where_the_unconditioned_imitator_falls_short(
+    unconditioned: float, labels: list[float], verdict: str
+) -> None:
+    players = [0.0, 0.138, 0.55, 0.675, 0.838]  # measured, held-out games
+    result = {
+        "population": {
+            p: {"win_rate": w, "blunder_rate": 0.0} for p, w in zip(POPULATION, players, strict=True)
+        },
+        "agents": {
+            "imitation": {"win_rate": unconditioned},
+            **{
+                f"imitation[{p}]": {"label": p, "win_rate": w, "blunder_rate": 0.0, "data_blunder_rate": 0.0}
+                for p, w in zip(POPULATION, labels, strict=True)
+            },
+        },
+    }
+    text = connect_four_interpretation(result)
+    assert verdict in text
+    assert f"the imitator won {unconditioned:.2f}" in text and "their players 0.44" in text
