@@ -2,15 +2,17 @@ import os
 from collections.abc import Iterator
 
 import pytest
-import torch
+
+from simagents.threads import set_threads, threads
 
 # Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each gets its share
-# of torch threads, and so do the processes it starts (the CLI, study workers, torchrun), so that
-# two workers do not run four spinning threads on two cores.
+# of torch and numpy BLAS threads, and so do the processes it starts (the CLI, study workers,
+# torchrun), so that two workers do not run four spinning threads on two cores.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    torch.set_num_threads(_threads)
+    set_threads(_threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_threads))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,11 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
-    """torch on one thread for the test, as worker processes run: a matmul split over more threads
-    sums in another order, so its last bits differ from a worker's."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """torch and numpy's BLAS on one thread for the test, as worker processes run: a matmul split
+    over more threads sums in another order, so its last bits differ from a worker's."""
+    with threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)

@@ -86,3 +86,16 @@ def test_unknown_env_id(tmp_path: Path):
     result = run_cli("collect", "--env", "NoSuchEnv-v9", "--out", str(tmp_path / "d"), "--episodes", "1")
     assert_clean_error(result, "NoSuchEnv-v9")
     assert not (tmp_path / "d").exists()
+
+
+def test_an_image_shape_that_does_not_fit_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    episode = random_episode(np.random.default_rng(0), 5, BOX_OBS, DISCRETE_ACT)
+    data = save_dataset([episode], tmp_path / "data", observation_space=BOX_OBS, action_space=DISCRETE_ACT)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1"]
+    assert main([*args, "--model.obs-image", "1", "2", "2"]) == 2  # the observation has 3 values
+    err = capsys.readouterr().err
+    assert "obs_image=(1, 2, 2)" in err and "--model.obs-image" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert (
+        main([*args, "--model.obs-image", "3", "1", "1", "--model.n-embd", "16", "--model.n-layer", "1"]) == 0
+    )

@@ -1,5 +1,7 @@
+from dataclasses import replace
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from simagents.errors import SimagentsError
 from simagents.model import Context, Simulator, SimulatorConfig, Statistics, as_model_input
 
 SPACES = [(BOX_OBS, DISCRETE_ACT), (DISCRETE_OBS, BOX_ACT)]
+IMAGE_OBS = gym.spaces.Box(-5.0, 5.0, (12,), np.float32)  # read as a (3,2,2) image
+IMAGE = (3, 2, 2)
 
 
 def full_forward(model, episode, start, stop, known):
@@ -168,7 +172,7 @@ def test_unknown_config_key_and_missing_folder_are_clear_errors(tmp_path: Path):
 def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
     """Label conditioning on, weights large enough that a wrong term would show above 1e-5."""
     torch.manual_seed(7)
-    obs_dim = 0 if obs_space is DISCRETE_OBS else 3
+    obs_dim = 0 if obs_space is DISCRETE_OBS else int(np.prod(obs_space.shape))
     act_dim = 0 if act_space is DISCRETE_ACT else 2
     stats = Statistics(
         obs_mean=[0.1] * obs_dim,
@@ -182,7 +186,14 @@ def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
         labels=["a", "b"],
     )
     cfg = SimulatorConfig(
-        context_len=3, n_embd=16, n_layer=3, n_head=n_head, max_timestep=5, condition_on_label=True
+        context_len=3,
+        n_embd=16,
+        n_layer=3,
+        n_head=n_head,
+        max_timestep=5,
+        condition_on_label=True,
+        obs_image=IMAGE if obs_space is IMAGE_OBS else (),
+        obs_conv_channels=4,
     )
     model = Simulator(cfg, obs_space, act_space, stats).eval()
     with torch.no_grad():
@@ -191,7 +202,7 @@ def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
     return model
 
 
-@pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
+@pytest.mark.parametrize(("obs_space", "act_space"), [*SPACES, (IMAGE_OBS, DISCRETE_ACT)])
 @pytest.mark.parametrize("n_head", [1, 2])
 @torch.no_grad()
 def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head, monkeypatch):
@@ -279,3 +290,36 @@ def test_named_heads_give_the_full_forwards_losses_and_gradients(obs_space, act_
         torch.testing.assert_close(named_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
     # The pruned forward returns only the kinds asked for.
     assert set(model(batch, kinds={"return"})) == {"return"}
+
+
+def test_image_encoder_reads_the_observation_as_channels_rows_columns(tmp_path: Path) -> None:
+    """The encoder sees (C,H,W) in C order: a stone moved within one plane changes its features
+    only near the stone; with no encoder the observation token is the flat linear map alone."""
+    model = labelled_model(IMAGE_OBS, DISCRETE_ACT, n_head=1)
+    assert model.obs_features == 12 + 4 * 2 * 2
+    obs = torch.zeros(12)
+    a, b = obs.clone(), obs.clone()
+    a[4 + 0], b[4 + 3] = 1.0, 1.0  # channel 1, cell (0,0) against cell (1,1)
+    with torch.no_grad():
+        fa, fb = model.observation_features(a)[12:], model.observation_features(b)[12:]
+    assert fa.shape == (16,) and not torch.allclose(fa, fb)
+    model.save(tmp_path / "ckpt")
+    loaded = Simulator.load(tmp_path / "ckpt")
+    assert loaded.cfg.obs_image == IMAGE
+    torch.testing.assert_close(loaded.observation_features(a), model.observation_features(a))
+    flat = Simulator(replace(model.cfg, obs_image=()), IMAGE_OBS, DISCRETE_ACT, model.stats)
+    assert flat.obs_features == 12 and flat.obs_encoder is None
+
+
+@pytest.mark.parametrize(
+    ("obs_space", "image", "message"),
+    [
+        (IMAGE_OBS, (3, 2, 3), "does not fit the observation space"),
+        (DISCRETE_OBS, (1, 1, 1), "does not fit the observation space"),
+        (IMAGE_OBS, (12,), "must be \\(channels, height, width\\)"),
+    ],
+)
+def test_an_image_shape_that_does_not_fit_is_a_clear_error(obs_space, image, message) -> None:
+    model = labelled_model(IMAGE_OBS, DISCRETE_ACT, n_head=1)
+    with pytest.raises(ValueError, match=message):
+        Simulator(replace(model.cfg, obs_image=image), obs_space, DISCRETE_ACT, model.stats)

@@ -58,6 +58,7 @@ from simagents.model import (
     Statistics,
     resolve_checkpoint,
 )
+from simagents.threads import threads
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 CACHE_DIR = "data_cache"
@@ -148,7 +149,8 @@ class TrainConfig:
     seed: int = 0
     """Seeds the split, the model's initial weights, every batch and every dropout mask."""
     threads: int = 0
-    """torch threads; 0 leaves torch's default."""
+    """torch and numpy's BLAS threads while training (:mod:`simagents.threads`), restored after;
+    0 leaves both as they are."""
 
     def check(self) -> None:
         """Raise a SimagentsError naming the option if a value cannot make a run (tyro checks only types)."""
@@ -643,7 +645,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     cfg.check()
     with data_parallel(cfg) as parallel:
         lock = hold_lock(cfg.out, "training run") if parallel.writer else nullcontext()
-        with lock:
+        with lock, threads(cfg.threads):
             return _train(cfg, resume, progress and parallel.writer, parallel)
 
 
@@ -652,8 +654,6 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         raise SimagentsError(
             f"{cfg.out}: already holds a training run; pass --resume to continue it or choose another --out"
         )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     dataset, flat = training_data(cfg, parallel)
     train_idx, val_idx = split_episodes(flat.n_episodes, cfg.validation_fraction, cfg.seed)
     model_cfg = cfg.model
@@ -681,7 +681,10 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
     else:  # a fresh run, or one killed before its first checkpoint
         torch.manual_seed(cfg.seed)
         stats = fit_statistics(flat, train_idx, dataset.observation_space, dataset.action_space)
-        model = Simulator(model_cfg, dataset.observation_space, dataset.action_space, stats)
+        try:
+            model = Simulator(model_cfg, dataset.observation_space, dataset.action_space, stats)
+        except ValueError as exc:  # an architecture that does not fit the data's spaces (obs_image)
+            raise SimagentsError(f"{cfg.data[0]}: {exc}; fix --model.obs-image") from None
         optimizer = make_optimizer(model, cfg)
     log = None
     if parallel.writer:

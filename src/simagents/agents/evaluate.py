@@ -14,6 +14,7 @@ from rich.progress import Progress, TaskID
 
 from simagents.agents.base import Agent
 from simagents.errors import SimagentsError
+from simagents.threads import set_threads
 
 
 @dataclass
@@ -115,9 +116,7 @@ _worker: tuple[Agent, gym.Env] | None = None  # this worker process's copy of th
 
 def _start_worker(state: bytes) -> None:
     global _worker
-    import torch
-
-    torch.set_num_threads(1)  # workers share the cores: one thread each
+    set_threads(1)  # workers share the cores: one thread each
     _worker = pickle.loads(state)  # bytes from our own parent process, not a file
 
 

@@ -44,6 +44,7 @@ from simagents.agents.base import SimulatorAgent, check_temperature, register_ag
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, to_dict
 from simagents.model import Simulator
+from simagents.threads import threads
 
 FINETUNE_FILE = "finetune.json"
 METRICS_FILE = "metrics.jsonl"
@@ -240,16 +241,12 @@ def finetune(
     folder = Path(out).expanduser().absolute()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise SimagentsError(f"{folder} already exists and is not empty; choose another --out")
-    threads = torch.get_num_threads()
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        return _finetune(simulator, env, folder, cfg, source or {}, progress)
+        with threads(cfg.threads):
+            return _finetune(simulator, env, folder, cfg, source or {}, progress)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _finetune(

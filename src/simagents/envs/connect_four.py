@@ -56,7 +56,16 @@ from simagents.envs.base import (
     check_probability,
     parse_params,
 )
-from simagents.envs.connect_four_engine import CELLS, COLUMNS, Player, Position, cells, playable, threats
+from simagents.envs.connect_four_engine import (
+    CELLS,
+    COLUMNS,
+    ROWS,
+    Player,
+    Position,
+    cells,
+    playable,
+    threats,
+)
 from simagents.errors import SimagentsError
 
 ACTION_NAMES = tuple(f"column_{c}" for c in range(COLUMNS))
@@ -110,6 +119,8 @@ PLANES = (
 )
 """The observation's planes of 42 cells, in order (see the module doc)."""
 OBSERVATION_SIZE = len(PLANES) * CELLS
+OBSERVATION_IMAGE = (len(PLANES), ROWS, COLUMNS)
+"""The observation read as an image (planes, rows, columns): ``SimulatorConfig.obs_image``."""
 
 
 def observe(position: Position, agent_to_move: bool) -> np.ndarray:

@@ -63,7 +63,13 @@ from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
 from simagents.data.minari_io import check_can_write, save_dataset
 from simagents.envs import get_testbed
-from simagents.envs.connect_four import POPULATION, ConnectFourEnv, demonstrations, mirror
+from simagents.envs.connect_four import (
+    OBSERVATION_IMAGE,
+    POPULATION,
+    ConnectFourEnv,
+    demonstrations,
+    mirror,
+)
 from simagents.envs.connect_four_metrics import (
     Move,
     blunder_rate,
@@ -79,6 +85,7 @@ from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, hold_lock, to_dict
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.probes import probe_features, probe_report
+from simagents.threads import threads
 from simagents.train import LossWeights, TrainConfig, train
 
 OUTCOMES = ("loss", "draw", "win")
@@ -123,6 +130,11 @@ class ConnectFourBudget:
     """Simulator depth; the context holds a whole game."""
     n_return_bins: int = 21
     """Return bins (returns are −1, 0 or +1)."""
+    conv_channels: int = 0
+    """Channels of the simulator's convolutional board encoder (``SimulatorConfig.obs_image``, the
+    eight planes read as 8x6x7 images); 0: the planes enter the observation token flat only."""
+    conv_layers: int = 2
+    """3x3 convolutions of that encoder."""
     observation_loss: float = 1.0
     """Weight of the next-observation (world-model) loss in training; no Connect Four agent reads
     that head, so it only shapes the features the others share. Measured at seed 0 (2026-12-04),
@@ -275,20 +287,16 @@ def run_connect_four(
     entries = expand_agents(agents)
     budget = resolve_budget(budget)
     folder = check_can_write(out)
-    threads = torch.get_num_threads()
     existed = folder.exists()
     with hold_lock(folder, "testbed run"):
         try:
-            if budget.threads:
-                torch.set_num_threads(budget.threads)
-            return _run(full_params, entries, seed, folder, budget, progress)
+            with threads(budget.threads):
+                return _run(full_params, entries, seed, folder, budget, progress)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: it was absent or empty
             if existed:
                 folder.mkdir(parents=True, exist_ok=True)
             raise
-        finally:
-            torch.set_num_threads(threads)
 
 
 def agent_metrics(
@@ -374,6 +382,9 @@ def _run(
             n_layer=budget.n_layer,
             n_head=budget.n_head,
             n_return_bins=budget.n_return_bins,
+            obs_image=OBSERVATION_IMAGE if budget.conv_channels else (),
+            obs_conv_channels=max(budget.conv_channels, 1),
+            obs_conv_layers=budget.conv_layers,
             dropout=budget.dropout,
             condition_on_label=True,
         ),

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from simagents.agents import make_agent
 from simagents.agents.myopic import record_episodes, repeated_risk_minimisation
@@ -49,6 +48,7 @@ from simagents.envs.prophecy import ProphecyParams, instrumentality_index, optim
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, to_dict
 from simagents.model import Simulator, SimulatorConfig
+from simagents.threads import threads
 from simagents.train import TrainConfig, train
 
 DEFAULT_AGENTS = ("imitation", "myopic", "edt", "rl")
@@ -192,19 +192,15 @@ def run_prophecy(
     sweeps = parse_sweep(sweep)
     budget = resolve_budget(budget)
     folder = check_can_write(out)
-    threads = torch.get_num_threads()
     existed = folder.exists()
     try:
-        if budget.threads:
-            torch.set_num_threads(budget.threads)
-        return _run(full_params, agents, seed, folder, budget, sweeps.get("gamma"), progress)
+        with threads(budget.threads):
+            return _run(full_params, agents, seed, folder, budget, sweeps.get("gamma"), progress)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: it was absent or empty
         if existed:
             folder.mkdir(parents=True, exist_ok=True)
         raise
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(

@@ -40,6 +40,7 @@ from simagents.study.connect_four import run_connect_four
 from simagents.study.prophecy import run_prophecy
 from simagents.study.report import write_report
 from simagents.study.testbed import run_testbed
+from simagents.threads import set_threads
 from simagents.train import TrainConfig, train
 
 
@@ -314,9 +315,7 @@ def _run_cell(name: str, folder: Path, budget: Profile, seed: int, progress: boo
 
 
 def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # workers share the cores: one thread each
+    set_threads(1)  # workers share the cores: one thread each
 
 
 def _eta(done: float, total: float, elapsed: float) -> str:

@@ -42,6 +42,7 @@ from simagents.envs import Testbed, get_testbed
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, hold_lock, to_dict
 from simagents.model import Context, Simulator, SimulatorConfig
+from simagents.threads import threads
 from simagents.train import TrainConfig, train
 
 DEFAULT_AGENTS = ("imitation", "dt", "edt", "cdt")
@@ -289,19 +290,17 @@ def run_testbed(
     budget = resolve_budget(budget)
     folder = check_can_write(out)
     theory = testbed.theory(**full_params)
-    threads = torch.get_num_threads()
     existed = folder.exists()
     with hold_lock(folder, "testbed run"):
         try:
-            return _run(testbed, full_params, theory, agents, seed, folder, budget, progress)
+            with threads(budget.threads):
+                return _run(testbed, full_params, theory, agents, seed, folder, budget, progress)
         except BaseException:
             # Nothing half-written: the folder was absent or empty before (check_can_write).
             shutil.rmtree(folder, ignore_errors=True)
             if existed:
                 folder.mkdir(parents=True, exist_ok=True)
             raise
-        finally:
-            torch.set_num_threads(threads)
 
 
 def _run(
@@ -315,8 +314,6 @@ def _run(
     progress: bool,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    if budget.threads:
-        torch.set_num_threads(budget.threads)
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "testbed": testbed.name,
