@@ -405,7 +405,13 @@ def stream_dataset(ref: str | Path) -> tuple[Dataset, np.ndarray, Iterator[Episo
     ours = metadata.get(META_KEY)
     if ours is not None:
         _check_our_metadata(ours, metadata_file)
-    lengths = _episode_lengths(mds.storage.total_episodes, main_file)
+    total = mds.storage.total_episodes
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise SimagentsError(
+            f"{metadata_file}: total_episodes should be a count of episodes, not {total!r}; "
+            "fix it or re-create the dataset"
+        )
+    lengths = _episode_lengths(total, main_file)
     if not len(lengths):
         raise SimagentsError(f"{main_file} holds no episodes; collect data first")
 
