@@ -62,6 +62,7 @@ from simagents.data.episodes import episode_from_arrays
 from simagents.data.windows import WindowSampler
 from simagents.io import atomic_write_json
 from simagents.model import TOKENS_PER_STEP, Simulator, SimulatorConfig, Statistics
+from simagents.threads import set_threads
 
 OBS, ACT = 11, 3
 REFERENCE = {"n_embd": 128, "context_len": 20, "n_layer": 3, "n_head": 1, "mlp_ratio": 4, "batch": 64}
@@ -464,7 +465,10 @@ def machine(threads: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, for every model"
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch and numpy BLAS threads, for every model",
     )
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run, not numbers to quote")
     parser.add_argument("--quality", action="store_true", help="also the CartPole comparison with d3rlpy")
@@ -475,7 +479,7 @@ def main() -> None:
     parser.add_argument("--scaling-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scaling-steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.scaling_child:
         n_embd, context_len = (int(v) for v in args.scaling_child.split(","))
         print(json.dumps(scaling_child(n_embd, context_len, REFERENCE["batch"], args.scaling_steps)))

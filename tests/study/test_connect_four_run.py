@@ -134,7 +134,12 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
     Intel Xeon (2026-12-03): labels random 0.187 against 0.207, novice 0.105, expert 0.019; NLL
     random 1.96 against 2.21, expert 0.63 against 0.74; dt 0.80 / 0.010, edt 0.68 / 0.014, Bayes
     0.70 / 0.020, rl 0.79 / 0.007 with entropy 0.14 (club label 0.42) and KL 0.31 (imitator
-    0.03); player probe 0.425 against 0.170 and 0.418."""
+    0.03); player probe 0.425 against 0.170 and 0.418. With the convolutional board encoder
+    (``conv_channels`` 32), at seed 0 on the AMD EPYC (2026-12-04, this test's own run): labels
+    random 0.184 against 0.207, novice 0.108, expert 0.019; NLL random 1.97 against 2.24, expert
+    0.62 against 0.72; dt 0.87 / 0.007, edt 0.63 / 0.025, Bayes 0.77 / 0.024, rl 0.86 / 0.010
+    with entropy 0.09 and KL 0.36 (imitator 1.07 and 0.03, winning 0.43); player probe 0.458
+    against 0.170 and 0.418 (0.422 without the encoder on this machine)."""
     labels = ["imitation[random]", "imitation[novice]", "imitation[expert]"]
     planners = ["dt", "edt", "edt[value=bayes]"]
     agents = ["imitation", *labels, *planners, "rl"]

@@ -253,14 +253,15 @@ def _decision(name: str) -> Callable[[Path, Profile, int, bool], dict[str, Any]]
 # Relative costs, measured at the quick profile (one torch thread, two cells at a time, 2026-12-01):
 # a decision testbed 40-80 s (1), prophecy 5 min, Connect Four 16 min (9,000 games, 6,000
 # steps, 64-game PPO batches; 15.8 min in the quick study of 2026-12-02, on an Intel Xeon where
-# CartPole and DoorKey took 8.5 min), CartPole and DoorKey 13-14 min (2,000 training steps).
+# CartPole and DoorKey took 8.5 min; its convolutional board encoder of 2026-12-04 added a
+# quarter to a third to its training), CartPole and DoorKey 13-14 min (2,000 training steps).
 CELLS: dict[str, Cell] = {
     **{
         name: Cell(_decision(name), cost=1.0, resumable=False)
         for name in ("newcomb", "twin_pd", "smoking_lesion", "delusion_boxes", "gamble")
     },
     "prophecy": Cell(run_prophecy_cell, cost=5.0, resumable=False),
-    "connect_four": Cell(run_connect_four_cell, cost=16.0, resumable=False),
+    "connect_four": Cell(run_connect_four_cell, cost=20.0, resumable=False),
     "cartpole": Cell(_control("CartPole-v1"), cost=13.0, resumable=True),
     "doorkey": Cell(_control("simagents/DoorKey-5x5-v0"), cost=13.5, resumable=True),
 }
