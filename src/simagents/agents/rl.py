@@ -76,7 +76,7 @@ class FinetuneConfig:
     seed: int = 0
     """Seeds the env resets, the action sampling and the updates."""
     threads: int = 1
-    """torch threads while fine-tuning (restored afterwards); 0 leaves torch's default. One is fastest
+    """torch and numpy BLAS threads while fine-tuning (restored afterwards); 0 leaves torch's default. One is fastest
     for acting, which is a pass over four tokens per step."""
 
     def check(self) -> None:

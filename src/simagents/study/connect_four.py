@@ -188,7 +188,7 @@ class ConnectFourBudget:
     rl_kl_coef: float = 0.01
     """Weight of the KL penalty from the pre-trained policy while fine-tuning."""
     threads: int = 1
-    """torch threads (restored afterwards)."""
+    """torch and numpy BLAS threads (restored afterwards)."""
 
 
 BUDGETS = {

@@ -92,7 +92,7 @@ class ProphecyBudget:
     gamma: float = 0.99
     """Discount of the ``rl`` agent when no sweep gives one."""
     threads: int = 1
-    """torch threads (restored afterwards); models this small run fastest on one."""
+    """torch and numpy BLAS threads (restored afterwards); models this small run fastest on one."""
 
 
 BUDGETS = {
