@@ -76,8 +76,8 @@ class FinetuneConfig:
     seed: int = 0
     """Seeds the env resets, the action sampling and the updates."""
     threads: int = 1
-    """torch and numpy BLAS threads while fine-tuning (restored afterwards); 0 leaves torch's default. One is fastest
-    for acting, which is a pass over four tokens per step."""
+    """torch and numpy BLAS threads while fine-tuning (restored afterwards); 0 leaves both as they
+    are. One is fastest for acting, which is a pass over four tokens per step."""
 
     def check(self) -> None:
         """Raise :class:`SimagentsError` naming the first bad field."""
