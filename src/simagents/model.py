@@ -463,7 +463,7 @@ class Simulator(nn.Module):
         if self.obs_discrete or math.prod(cfg.obs_image) != self.obs_dim:
             raise ValueError(
                 f"obs_image={tuple(cfg.obs_image)} does not fit the observation space {self.observation_space}: "
-                "it reads a flat Box observation of channels*height*width values"
+                "it reads a flat Box observation of channels*height*width values; fix --model.obs-image"
             )
         return ImageEncoder(cfg)
 

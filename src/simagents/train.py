@@ -684,7 +684,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         try:
             model = Simulator(model_cfg, dataset.observation_space, dataset.action_space, stats)
         except ValueError as exc:  # an architecture that does not fit the data's spaces (obs_image)
-            raise SimagentsError(f"{cfg.data[0]}: {exc}; fix --model.obs-image") from None
+            raise SimagentsError(f"{cfg.data[0]}: {exc}") from None
         optimizer = make_optimizer(model, cfg)
     log = None
     if parallel.writer:

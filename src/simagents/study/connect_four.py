@@ -49,7 +49,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -380,21 +380,26 @@ def _run(
     timings["population_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    model_cfg = SimulatorConfig(
+        context_len=max(len(e) for e in games + heldout),
+        n_embd=budget.n_embd,
+        n_layer=budget.n_layer,
+        n_head=budget.n_head,
+        n_return_bins=budget.n_return_bins,
+        dropout=budget.dropout,
+        condition_on_label=True,
+    )
+    if budget.conv_channels:
+        model_cfg = replace(
+            model_cfg,
+            obs_image=OBSERVATION_IMAGE,
+            obs_conv_channels=budget.conv_channels,
+            obs_conv_layers=budget.conv_layers,
+        )
     train_cfg = TrainConfig(
         data=(str(path),),
         out=folder / "simulator",
-        model=SimulatorConfig(
-            context_len=max(len(e) for e in games + heldout),
-            n_embd=budget.n_embd,
-            n_layer=budget.n_layer,
-            n_head=budget.n_head,
-            n_return_bins=budget.n_return_bins,
-            obs_image=OBSERVATION_IMAGE if budget.conv_channels else (),
-            obs_conv_channels=max(budget.conv_channels, 1),
-            obs_conv_layers=budget.conv_layers,
-            dropout=budget.dropout,
-            condition_on_label=True,
-        ),
+        model=model_cfg,
         loss=LossWeights(observation=budget.observation_loss),
         steps=budget.steps,
         batch_size=budget.batch_size,

@@ -85,9 +85,9 @@ class TestbedBudget:
     evidential planner in DelusionBoxes also switches boxes after a miss (measured: equal mean
     steps, 1.465), so its off-distribution behaviour depends on the return head's resolution."""
     threads: int = 1
-    """torch and numpy BLAS threads for training and acting (restored afterwards). One is fastest for models
-    this small: two threads spend more time synchronising than computing, and on a busy
-    machine much more (measured: 13 ms against 300-600 ms per training step)."""
+    """torch and numpy BLAS threads for training and acting (restored afterwards). One is fastest
+    for models this small: two threads spend more time synchronising than computing, and on a
+    busy machine much more (measured: 13 ms against 300-600 ms per training step)."""
 
 
 BUDGETS = {
