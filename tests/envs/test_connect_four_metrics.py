@@ -14,6 +14,7 @@ from simagents.envs.connect_four_metrics import (
     elo_against_population,
     expected_score,
     fit_elo,
+    losing_plies,
     move_statistics,
     moves_of_episodes,
     outcome_rates,
@@ -29,6 +30,9 @@ UNDER_THREAT = "11336262"
 OPEN_TWO = "6253"
 # First player to move; the second has 1, 2, 3 on the bottom row, open at 0 and 4: lost.
 LOST = "615263"
+# Second player to move: column 0 lets the first force a win with its third stone from now
+# (found by search over random games; no shorter loss, and every other column holds out).
+SIX_PLIES = "2126125"
 
 
 def test_missed_win_in_one() -> None:
@@ -49,6 +53,22 @@ def test_proof_depth_decides_what_counts(depth: int, blunders: set[int]) -> None
     position = Position.from_moves(OPEN_TWO)
     found = {c for c in position.legal_moves() if blunder(position, c, depth) == "losing_move"}
     assert found == blunders
+
+
+def test_losing_moves_are_split_by_how_far_ahead_they_lose() -> None:
+    cases = [(UNDER_THREAT, 0, 2), (OPEN_TWO, 2, 4), (SIX_PLIES, 0, 6)]
+    for moves, column, plies in cases:
+        position = Position.from_moves(moves)
+        assert blunder(position, column) == "losing_move"
+        assert losing_plies(position, column) == plies
+        assert losing_plies(position, column, depth=plies - 2) is None  # too short a proof to see it
+    assert losing_plies(Position(), 3) is None  # the opening move in the middle loses nothing
+    moves = [(Position.from_moves(m), c) for m, c, _ in cases] + [(Position(), 3)]
+    assert blunder_rate(moves)["losing_move_rate_by_plies"] == {"2": 0.25, "4": 0.25, "6": 0.25}
+    # A shorter proof sees fewer losing moves, and none at the plies it does not reach.
+    shallow = blunder_rate(moves, depth=4)
+    assert shallow["losing_move_rate_by_plies"] == {"2": 0.25, "4": 0.25}
+    assert shallow["losing_move_rate"] == 0.5
 
 
 def test_no_blunder_in_a_lost_position() -> None:

@@ -82,16 +82,36 @@ def _loses(position: Position, column: int, depth: int) -> bool:
     return forced_win(position.play(column), depth - 1)
 
 
-def blunder_rate(moves: Iterable[Move], depth: int = BLUNDER_DEPTH) -> dict[str, float]:
-    """``{"blunder_rate", "missed_win_rate", "losing_move_rate", "moves"}`` over ``moves``."""
-    kinds = Counter(blunder(position, column, depth) for position, column in moves)
-    n = sum(kinds.values())
+def losing_plies(position: Position, column: int, depth: int = BLUNDER_DEPTH) -> int | None:
+    """The fewest plies (the move itself first) within which the opponent forces a win after
+    ``column``: 2 (it wins at once), 4 (a threat the mover cannot meet, e.g. a fork), 6 ...;
+    None if it forces none within ``depth``. How far ahead a player must look to avoid the move."""
+    for plies in range(2, depth + 1, 2):  # the opponent moves, and so can win, on even plies only
+        if _loses(position, column, plies):
+            return plies
+    return None
+
+
+def blunder_rate(moves: Iterable[Move], depth: int = BLUNDER_DEPTH) -> dict[str, Any]:
+    """``{"blunder_rate", "missed_win_rate", "losing_move_rate", "losing_move_rate_by_plies",
+    "moves"}`` over ``moves``; ``losing_move_rate_by_plies`` splits the losing moves by
+    :func:`losing_plies` (keys ``"2"``, ``"4"``, ... up to ``depth``)."""
+    moves = list(moves)
+    found = [blunder(position, column, depth) for position, column in moves]
+    kinds = Counter(found)
+    n = len(found)
     if n == 0:
         raise ValueError("no moves to measure")
+    plies = Counter(
+        losing_plies(position, column, depth)
+        for (position, column), kind in zip(moves, found, strict=True)
+        if kind == "losing_move"
+    )
     return {
         "blunder_rate": (kinds["missed_win"] + kinds["losing_move"]) / n,
         "missed_win_rate": kinds["missed_win"] / n,
         "losing_move_rate": kinds["losing_move"] / n,
+        "losing_move_rate_by_plies": {str(d): plies[d] / n for d in range(2, depth + 1, 2)},
         "moves": float(n),
     }
 
@@ -180,7 +200,7 @@ def outcome_rates(outcomes: Sequence[float]) -> dict[str, float]:
     return {"win_rate": win, "draw_rate": draw, "loss_rate": loss, "score": win + 0.5 * draw}
 
 
-def player_metrics(episodes: Sequence[Episode], depth: int = BLUNDER_DEPTH) -> dict[str, dict[str, float]]:
+def player_metrics(episodes: Sequence[Episode], depth: int = BLUNDER_DEPTH) -> dict[str, dict[str, Any]]:
     """Outcome and blunder rates of each player (``Episode.policy``) in Connect Four episodes."""
     by_player: dict[str, list[Episode]] = {}
     for episode in episodes:

@@ -29,6 +29,7 @@
    ``blunder_rate`` ..., ``move_entropy``, ``elo``, ``inferred_player``), ``population_mean``
    (the players' average of each), ``agents.<name>`` (``win_rate``, ``draw_rate``, ``loss_rate``,
    ``mean_return``, ``blunder_rate``, ``missed_win_rate``, ``losing_move_rate``,
+   ``losing_move_rate_by_plies`` (the losing moves by how many plies ahead they lose: 2, 4, 6),
    ``move_entropy``, ``kl_to_data``, ``sampling``, ``elo``, ``score_vs_<player>``,
    ``inferred_player``: whom the simulator takes the games' player for, by Bayes' rule over
    its label-conditioned policies, :func:`inferred_player`; a conditioned imitator
@@ -576,11 +577,20 @@ def probe_section(simulator: Simulator, heldout: list[Episode], seed: int) -> di
 
 def format_results(results: dict[str, Any]) -> str:
     """A compact table: per player and agent, outcomes, blunders, move statistics and Elo; the probes."""
-    rows: list[tuple[str, ...]] = [("", "win", "draw", "loss", "blunder", "entropy", "KL", "Elo")]
+    header = ("", "win", "draw", "loss", "blunder", "lose in 2/4/6", "entropy", "KL", "Elo")
+    rows: list[tuple[str, ...]] = [header]
 
     def row(name: str, r: dict[str, Any]) -> tuple[str, ...]:
-        cells = [r["win_rate"], r["draw_rate"], r["loss_rate"], r["blunder_rate"], r["move_entropy"]]
-        return (name, *(f"{v:.3f}" for v in cells), f"{r['kl_to_data']:.3f}", f"{r['elo']:.0f}")
+        outcomes = [r["win_rate"], r["draw_rate"], r["loss_rate"], r["blunder_rate"]]
+        by_plies = "/".join(f"{v:.3f}" for v in r.get("losing_move_rate_by_plies", {}).values()) or "-"
+        return (
+            name,
+            *(f"{v:.3f}" for v in outcomes),
+            by_plies,
+            f"{r['move_entropy']:.3f}",
+            f"{r['kl_to_data']:.3f}",
+            f"{r['elo']:.0f}",
+        )
 
     rows += [row(f"player {name}", r) for name, r in results["population"].items()]
     rows += [row(name, r) for name, r in results["agents"].items()]

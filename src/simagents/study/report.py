@@ -516,13 +516,15 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
         f"Data: {result['data']['episodes']} games of a population of five players against a fixed reference "
         f"opponent, each labelled with its player. Seed {result['seed']}.",
         "",
-        "| player or agent | win rate | blunder rate | move entropy | KL to data | Elo |",
-        "|---|---|---|---|---|---|",
+        "| player or agent | win rate | blunder rate | losing moves, lost in 2 / 4 / 6 plies "
+        "| move entropy | KL to data | Elo |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def row(label: str, e: dict[str, Any]) -> str:
+        by_plies = " / ".join(f"{v:.3f}" for v in e.get("losing_move_rate_by_plies", {}).values()) or "-"
         return (
-            f"| {label} | {e['win_rate']:.2f} | {e['blunder_rate']:.3f} | {e['move_entropy']:.2f} "
+            f"| {label} | {e['win_rate']:.2f} | {e['blunder_rate']:.3f} | {by_plies} | {e['move_entropy']:.2f} "
             f"| {e['kl_to_data']:.2f} | {e['elo']:.0f} |"
         )
 
