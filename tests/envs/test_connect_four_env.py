@@ -94,6 +94,8 @@ def test_tactic_planes_mark_playable_cells_and_fours_in_one() -> None:
         "under_opponent_fours": 0,
         "agent_fours": 1,
         "opponent_fours": 1,
+        "agent_forks": 0,
+        "opponent_forks": 0,
     }
     assert planes["agent_wins"][0, 3] == 1  # (row 0, column 3) completes the row and is playable
     assert planes["opponent_wins"][3, 6] == 1  # on top of the opponent's three: the agent must block
@@ -104,6 +106,7 @@ def test_tactic_planes_mark_playable_cells_and_fours_in_one() -> None:
         ("agent", "opponent"),
         ("agent_wins", "opponent_wins"),
         ("agent_fours", "opponent_fours"),
+        ("agent_forks", "opponent_forks"),
     ):
         np.testing.assert_array_equal(swapped[mine], planes[theirs])
 
@@ -120,15 +123,38 @@ def test_a_cell_under_the_opponents_four_is_marked() -> None:
     assert planes["opponent_fours"][1].tolist() == [1, 0, 0, 0, 1, 0, 0]
 
 
+@pytest.mark.parametrize(
+    ("moves", "agent_forks", "opponent_forks"),
+    [
+        # The agent (first) has columns 3-4 of the bottom row: a stone in 2 or 5 makes three
+        # with both ends open; the opponent's two stones above make no fork yet.
+        ("3344", [(0, 2), (0, 5)], []),
+        # The opponent has columns 3-4 and the agent column 6: only a stone in column 2 leaves
+        # the opponent both ends open, so that is the one fork cell the agent must take.
+        ("0364", [], [(0, 2)]),
+        # A stacked fork: a stone at (row 2, column 3) makes the agent's row 2 three (ready at
+        # (2, 2)) and its diagonal (0, 5)-(1, 4)-(2, 3), whose fourth cell (3, 2) is right above:
+        # the opponent's block at (2, 2) lets the agent win on top of it.
+        ("2455534342", [(2, 3)], []),
+        # Two stones each, none aligned to three: no fork for either side.
+        ("0616", [], []),
+    ],
+)
+def test_fork_planes_mark_cells_that_leave_two_wins(moves, agent_forks, opponent_forks) -> None:
+    planes = planes_of(Position.from_moves(moves))
+    assert [tuple(cell) for cell in np.argwhere(planes["agent_forks"])] == agent_forks
+    assert [tuple(cell) for cell in np.argwhere(planes["opponent_forks"])] == opponent_forks
+
+
 def test_bad_params_are_simagents_errors() -> None:
     with pytest.raises(SimagentsError, match="opponent_blunder must be a probability"):
         gym.make(ENV_ID, opponent_blunder=2.0)
     with pytest.raises(SimagentsError, match="opponent_depth must be between 1 and 8"):
         gym.make(ENV_ID, opponent_depth=0)
-    with pytest.raises(SimagentsError, match="336 values"):
+    with pytest.raises(SimagentsError, match="420 values"):
         position_from_observation(np.zeros(5))
     with pytest.raises(SimagentsError, match="a stone of each side"):
-        position_from_observation(np.ones(336))
+        position_from_observation(np.ones(420))
 
 
 def test_demonstrations_label_players_and_are_deterministic(tmp_path, monkeypatch) -> None:

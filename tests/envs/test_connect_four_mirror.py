@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from simagents.envs.connect_four import demonstrations, mirror, position_from_observation
+from simagents.envs.connect_four import PLANES, demonstrations, mirror, observe, position_from_observation
 
 
 def test_mirror_reflects_columns_and_keeps_the_game_legal() -> None:
@@ -13,7 +13,10 @@ def test_mirror_reflects_columns_and_keeps_the_game_legal() -> None:
         np.testing.assert_array_equal(image.actions, 6 - game.actions)
         np.testing.assert_array_equal(mirror(image).observations, game.observations)
         for t in range(len(image)):
-            planes = image.observations[t].reshape(8, 6, 7)
-            np.testing.assert_array_equal(planes, game.observations[t].reshape(8, 6, 7)[:, :, ::-1])
-            assert int(image.actions[t]) in position_from_observation(image.observations[t]).legal_moves()
+            planes = image.observations[t].reshape(len(PLANES), 6, 7)
+            np.testing.assert_array_equal(planes, game.observations[t].reshape(len(PLANES), 6, 7)[:, :, ::-1])
+            position = position_from_observation(image.observations[t])
+            assert int(image.actions[t]) in position.legal_moves()
+            # Every plane (stones and tactics) is what the env would observe on the mirrored board.
+            np.testing.assert_array_equal(image.observations[t], observe(position, agent_to_move=True))
     assert any(not np.array_equal(mirror(g).actions, g.actions) for g in games)

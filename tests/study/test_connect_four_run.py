@@ -222,7 +222,8 @@ def test_the_simulator_infers_whom_it_plays_by_bayes_rule(shares: list[float]) -
         games = play_games(make_agent("imitation", simulator, label=player), 20, seed=0, opponent_depth=1)
         inferred = inferred_player(simulator, games.episodes)
         assert sum(inferred.values()) == pytest.approx(1.0)
-        assert max(inferred, key=inferred.get) == player and inferred[player] > 0.6, inferred
+        # Most of the posterior on that player: more than on all the others together.
+        assert max(inferred, key=inferred.get) == player and inferred[player] > 0.5, inferred
     # Drawing its player from the data's shares, its games average back to the prior.
     games = play_games(make_agent("imitation", simulator, label="sample"), 100, seed=0, opponent_depth=1)
     inferred = inferred_player(simulator, games.episodes)

@@ -85,6 +85,24 @@ def playable(mask: int) -> int:
     return (mask + BOTTOM) & BOARD
 
 
+def forks(stones: int, mask: int) -> int:
+    """Playable cells where a stone of ``stones`` would leave it two wins in one at once.
+
+    After the stone, either two playable cells complete its four, or one does with another of
+    its four-cells right above it: one answer cannot block both (unless the answer wins)."""
+    found = 0
+    landing = playable(mask)
+    while landing:
+        cell = landing & -landing
+        landing ^= cell
+        after = mask | cell
+        fours = threats(stones | cell, after)
+        ready = fours & playable(after)
+        if ready & (ready - 1) or ready & (fours >> 1):
+            found |= cell
+    return found
+
+
 # Bit index of each cell, in cell order; a bitboard's 49 bits fit in one uint64.
 _CELL_SHIFTS = np.array([c * _STRIDE + r for r in range(ROWS) for c in range(COLUMNS)], dtype=np.uint64)
 
