@@ -133,8 +133,8 @@ class ConnectFourBudget:
     """Return bins (returns are −1, 0 or +1)."""
     conv_channels: int = 32
     """Channels of the simulator's convolutional board encoder (``SimulatorConfig.obs_image``, the
-    eight planes read as 8x6x7 images, beside the flat planes); 0: the flat planes only. Measured
-    at seed 0 on the AMD EPYC (2026-12-04, two runs at a time), 32 against 0: the unconditioned
+    planes read as 10x6x7 images, beside the flat planes); 0: the flat planes only. Measured on
+    the first eight planes at seed 0 (AMD EPYC, 2026-12-04, 100 games), 32 against 0: the unconditioned
     imitator wins 0.43 against 0.35 (population 0.44), the player probe 0.458 against 0.422 (raw
     board 0.418), held-out NLL club 0.78 / 0.80 and expert 0.62 / 0.63 nats, rl wins 0.82 / 0.75,
     while the labels blunder alike (club 0.028 / 0.030, expert 0.019 / 0.021); training 1,170 s
