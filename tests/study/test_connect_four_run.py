@@ -277,3 +277,37 @@ def test_the_report_says_where_the_unconditioned_imitator_falls_short(
     text = connect_four_interpretation(result)
     assert verdict in text
     assert f"the imitator won {unconditioned:.2f}" in text and "their players 0.44" in text
+
+
+@pytest.mark.parametrize(
+    ("expert_blunders", "by_plies", "verdict"),
+    [
+        # Measured at seed 0 (2026-12-04): the expert label's losing moves, mostly 4 and 6 plies deep.
+        (0.018, {"2": 0.005, "4": 0.005, "6": 0.007}, "most need a look-ahead"),
+        (0.018, {"2": 0.012, "4": 0.002, "6": 0.002}, "most are threats on the board"),
+        (0.001, {"2": 0.001, "4": 0.0, "6": 0.0}, None),  # as rare as its player's: nothing to explain
+    ],
+)
+def test_the_report_says_how_far_ahead_the_strongest_label_loses(
+    expert_blunders: float, by_plies: dict[str, float], verdict: str | None
+) -> None:
+    label = {"win_rate": 0.7, "label": "expert", "blunder_rate": expert_blunders, "data_blunder_rate": 0.0}
+    result = {
+        "population": {"expert": {"win_rate": 0.84, "blunder_rate": 0.0}},
+        "agents": {
+            "imitation[random]": {
+                **label,
+                "label": "random",
+                "blunder_rate": 0.2,
+                "data_blunder_rate": 0.2,
+                "losing_move_rate_by_plies": {"2": 0.15, "4": 0.03, "6": 0.02},
+            },
+            "imitation[expert]": {**label, "losing_move_rate_by_plies": by_plies},
+        },
+    }
+    text = connect_four_interpretation(result)
+    if verdict is None:
+        assert "losing moves lose within" not in text
+    else:
+        assert verdict in text
+        assert f"As expert its losing moves lose within 2 plies at {by_plies['2']:.3f}" in text

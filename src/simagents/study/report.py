@@ -555,16 +555,40 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
     return lines, figure
 
 
+def blunders_like_its_player(entry: dict[str, Any]) -> bool:
+    """A conditioned imitator's blunder rate within 30% of its player's (of 0.02 if that is lower)."""
+    return abs(entry["blunder_rate"] - entry["data_blunder_rate"]) <= 0.3 * max(
+        entry["data_blunder_rate"], 0.02
+    )
+
+
+def look_ahead_sentence(strongest: dict[str, Any]) -> list[str]:
+    """How far ahead the strongest label's losing moves lose, when it blunders more than its player:
+    threats on the board it does not answer (2 plies), or a look-ahead its player has (4, 6)."""
+    by_plies = strongest.get("losing_move_rate_by_plies")
+    if not by_plies or blunders_like_its_player(strongest):
+        return []
+    at_once = by_plies.get("2", 0.0)
+    deeper = sum(rate for plies, rate in by_plies.items() if plies != "2")
+    return [
+        f"As {strongest['label']} its losing moves lose within "
+        + ", ".join(f"{plies} plies at {rate:.3f}" for plies, rate in by_plies.items())
+        + " a move"
+        + (
+            ": most need a look-ahead beyond the threats on the board, which its player has."
+            if deeper > at_once
+            else ": most are threats on the board that it does not answer."
+        )
+    ]
+
+
 def connect_four_interpretation(result: dict[str, Any]) -> str:
     """Simulator or agent, from the measured numbers: conditioned blunders, mode collapse, the probes."""
     agents, population = result["agents"], result["population"]
     parts = []
     conditioned = [(a, e) for a, e in agents.items() if "label" in e]
     if conditioned:
-        close = [
-            abs(e["blunder_rate"] - e["data_blunder_rate"]) <= 0.3 * max(e["data_blunder_rate"], 0.02)
-            for _, e in conditioned
-        ]
+        close = [blunders_like_its_player(e) for _, e in conditioned]
         parts.append(
             "Told which player it is, the imitator blundered at "
             + ", ".join(
@@ -577,6 +601,7 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
                 else ": at this budget it does not yet reproduce each player's mistakes."
             )
         )
+        parts += look_ahead_sentence(min((e for _, e in conditioned), key=lambda e: e["data_blunder_rate"]))
     parts += inferred_player_sentence(agents.get("imitation"), result.get("data", {}).get("label_shares"))
     parts += label_mixture_sentence(agents, population)
     mean_win = float(np.mean([p["win_rate"] for p in population.values()]))
