@@ -223,9 +223,9 @@ def testbed_command(
         agents: Comma-separated decision procedures to compare (connect_four also takes imitation[NAME],
             imitation conditioned on player NAME, and imitation[labels], one per player).
         seed: Seed of the data, the training and the evaluation.
-        budget: Data, training and evaluation budget: default (minutes; connect_four about 25 min
+        budget: Data, training and evaluation budget: default (minutes; connect_four about 20 min
             at one thread), fast (for tests), smoke (seconds: checks the plumbing, learns nothing), or for
-            connect_four full (twice the default's games and steps, about 45 min).
+            connect_four full (twice the default's games and steps, about 40 min).
         sweep: prophecy only: values to sweep, e.g. --sweep gamma=0,0.5,0.9,0.99 (the rl agent is
             fine-tuned once per discount; OUT/figures/index_vs_gamma.png plots each agent's index).
     """
