@@ -17,7 +17,7 @@ from simagents.envs.connect_four_metrics import play_games
 from simagents.errors import SimagentsError
 from simagents.model import Simulator
 from simagents.study.connect_four import BUDGETS, inferred_player, run_connect_four
-from simagents.study.report import connect_four_interpretation
+from simagents.study.report import connect_four_interpretation, strength_figure
 
 METRICS = (
     "win_rate",
@@ -74,6 +74,18 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         assert 0 < results["label_nll"][player]["own_label"] < 3
         assert 0 < results["label_nll"][player]["unknown_label"] < 3
     assert (out / "simulator").is_dir() and (out / "rl" / "model.safetensors").is_file()
+
+
+def test_the_strength_figure_adds_a_panel_for_the_labelled_imitators(fast_run, tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    _, results = fast_run
+    assert any("label" in entry for entry in results["agents"].values())
+    unlabelled = {**results, "agents": {a: e for a, e in results["agents"].items() if "label" not in e}}
+    strength_figure(results, tmp_path / "both.png")
+    strength_figure(unlabelled, tmp_path / "one.png")
+    both, one = plt.imread(tmp_path / "both.png"), plt.imread(tmp_path / "one.png")
+    assert both.shape[0] == one.shape[0] and both.shape[1] > 1.5 * one.shape[1]  # a second panel beside
 
 
 def test_the_budget_sets_the_simulators_training(tmp_path: Path) -> None:

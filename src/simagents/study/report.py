@@ -481,8 +481,12 @@ def prophecy_interpretation(result: dict[str, Any]) -> str:
 
 
 def strength_figure(result: dict[str, Any], path: Path) -> None:
-    """Elo against move entropy: the population's players (grey) and the agents from one simulator."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    """Left: Elo against move entropy, the population's players (grey) and the agents from one
+    simulator. Right: each player-conditioned imitator's blunder rate against its player's,
+    with the line where they are equal and the 30% band around it (omitted without such agents)."""
+    labelled = {a: e for a, e in result["agents"].items() if "label" in e}
+    fig, axes = plt.subplots(1, 2 if labelled else 1, figsize=(11.0 if labelled else 6.5, 3.8), dpi=110)
+    ax = axes[0] if labelled else axes
     for player, entry in result["population"].items():
         ax.scatter(entry["move_entropy"], entry["elo"], color="#999999", s=40)
         ax.annotate(
@@ -503,7 +507,29 @@ def strength_figure(result: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("move entropy (nats, in positions the data reaches)")
     ax.set_ylabel("Elo (random = 0)")
-    ax.set_title("connect four: strength against diversity (grey: players in the data)")
+    ax.set_title("strength against diversity (grey: players in the data)", fontsize=9)
+    if labelled:
+        ax = axes[1]
+        top = 1.15 * max(max(e["blunder_rate"], e["data_blunder_rate"]) for e in labelled.values())
+        line = np.linspace(0.0, top, 50)
+        ax.fill_between(line, 0.7 * line, 1.3 * line, color="#dddddd", label="within 30%")
+        ax.plot(line, line, color="#777777", linewidth=1, label="as its player")
+        for entry in labelled.values():
+            ax.scatter(entry["data_blunder_rate"], entry["blunder_rate"], color="#1f77b4", s=40, marker="D")
+            ax.annotate(
+                entry["label"],
+                (entry["data_blunder_rate"], entry["blunder_rate"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlim(0.0, top)
+        ax.set_ylim(0.0, top)
+        ax.set_xlabel("player's blunder rate (held-out games)")
+        ax.set_ylabel("imitator told that player")
+        ax.set_title("does it play like the player it is told?", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("connect four", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
