@@ -583,9 +583,8 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
 
 def blunders_like_its_player(entry: dict[str, Any]) -> bool:
     """A conditioned imitator's blunder rate within 30% of its player's (of 0.02 if that is lower)."""
-    return abs(entry["blunder_rate"] - entry["data_blunder_rate"]) <= 0.3 * max(
-        entry["data_blunder_rate"], 0.02
-    )
+    rate, players = float(entry["blunder_rate"]), float(entry["data_blunder_rate"])
+    return abs(rate - players) <= 0.3 * max(players, 0.02)
 
 
 def look_ahead_sentence(strongest: dict[str, Any]) -> list[str]:
