@@ -480,6 +480,11 @@ def prophecy_interpretation(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- connect four
 
 
+LABEL_BLUNDER_TOLERANCE = 0.3
+"""How far (relatively) a player-conditioned imitator's blunder rate may lie from its player's
+and still count as that player's (issue 7: within 30%); the figure draws the same band."""
+
+
 def strength_figure(result: dict[str, Any], path: Path) -> None:
     """Left: Elo against move entropy, the population's players (grey) and the agents from one
     simulator. Right: each player-conditioned imitator's blunder rate against its player's,
@@ -512,7 +517,10 @@ def strength_figure(result: dict[str, Any], path: Path) -> None:
         ax = axes[1]
         top = 1.15 * max(max(e["blunder_rate"], e["data_blunder_rate"]) for e in labelled.values())
         line = np.linspace(0.0, top, 50)
-        ax.fill_between(line, 0.7 * line, 1.3 * line, color="#dddddd", label="within 30%")
+        band = LABEL_BLUNDER_TOLERANCE
+        ax.fill_between(
+            line, (1 - band) * line, (1 + band) * line, color="#dddddd", label=f"within {band:.0%}"
+        )
         ax.plot(line, line, color="#777777", linewidth=1, label="as its player")
         for entry in labelled.values():
             ax.scatter(entry["data_blunder_rate"], entry["blunder_rate"], color="#1f77b4", s=40, marker="D")
@@ -584,7 +592,7 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
 def blunders_like_its_player(entry: dict[str, Any]) -> bool:
     """A conditioned imitator's blunder rate within 30% of its player's (of 0.02 if that is lower)."""
     rate, players = float(entry["blunder_rate"]), float(entry["data_blunder_rate"])
-    return abs(rate - players) <= 0.3 * max(players, 0.02)
+    return abs(rate - players) <= LABEL_BLUNDER_TOLERANCE * max(players, 0.02)
 
 
 def look_ahead_sentence(strongest: dict[str, Any]) -> list[str]:
