@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import tyro
 
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, read_json
+from simagents.io import atomic_write_json, option_value, read_json
 
 
 def collect_command(config: Annotated[Any, tyro.conf.arg(name="")]) -> None:
@@ -77,13 +77,7 @@ def parse_pairs(items: tuple[str, ...], flag: str, example: str) -> dict[str, st
 
 def parse_options(options: tuple[str, ...]) -> dict[str, Any]:
     """Agent options; values are read as JSON where they parse (numbers, true, null), else as text."""
-    parsed: dict[str, Any] = {}
-    for key, value in parse_pairs(options, "--option", "target=450").items():
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
+    return {key: option_value(value) for key, value in parse_pairs(options, "--option", "target=450").items()}
 
 
 def eval_command(

@@ -72,6 +72,14 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise SimagentsError(f"{path}: {what} is not valid JSON ({exc}); the file is corrupt") from None
 
 
+def option_value(text: str) -> Any:
+    """A ``key=value`` option's value: JSON where it parses (numbers, true, null), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A (nested) config dataclass as plain JSON-ready values."""
     values: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))

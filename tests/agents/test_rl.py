@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -8,7 +9,15 @@ import torch
 
 from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, tiny_model
 from simagents.agents import evaluate, make_agent
-from simagents.agents.rl import FinetuneConfig, discounted_returns, finetune
+from simagents.agents.rl import (
+    FinetuneConfig,
+    RLAgent,
+    collect_batch,
+    discounted_returns,
+    episode_features,
+    episode_windows,
+    finetune,
+)
 from simagents.errors import SimagentsError
 from simagents.model import Simulator
 
@@ -80,6 +89,50 @@ def test_box_finetune_moves_the_mean_action_to_the_reward(tmp_path: Path, target
     agent.reset(seed=0)
     action = agent.act(np.zeros(3, np.float32))
     assert np.abs(action - target).max() < np.abs(0.0 - target) * 0.6  # moved most of the way from ~0
+
+
+@pytest.mark.parametrize("act_space", [DISCRETE_ACT, BOX_ACT])
+def test_episodes_rerun_as_windows_give_the_features_the_agent_acted_on(act_space: gym.Space) -> None:
+    """body_lr > 0 re-reads each batch by one forward pass; it must see what the KV-cached agent saw,
+    also after the weights change under the agent (its decoding copies follow them)."""
+    model = tiny_model(act_space=act_space, context_len=6)
+    agent, env, cfg = RLAgent(model), Bandit(act_space, steps=5), FinetuneConfig(episodes=3)
+    for _ in range(2):
+        batch = collect_batch(agent, env, cfg, seed=0)
+        with torch.no_grad():
+            rerun = episode_features(model, episode_windows(model, batch))
+        assert rerun.shape == batch.features.shape == (15, 32)
+        torch.testing.assert_close(rerun, batch.features, atol=2e-4, rtol=1e-4)
+        with torch.no_grad():
+            for p in model.blocks[0].parameters():
+                p.add_(0.1)
+
+
+@pytest.mark.parametrize("body_lr", [0.0, 0.01])
+def test_body_lr_trains_the_transformer_or_leaves_it(tmp_path: Path, body_lr: float) -> None:
+    before = tiny_model(act_space=DISCRETE_ACT, context_len=3)
+    cfg = FinetuneConfig(iterations=12, episodes=16, lr=0.05, kl_coef=0.0, body_lr=body_lr)
+    tuned = finetune(before, Bandit(DISCRETE_ACT, steps=3), tmp_path / "rl", cfg)
+    block_moved = (tuned.blocks[0].attn.qkv.weight - before.blocks[0].attn.qkv.weight).abs().max()
+    assert (block_moved > 1e-3) == (body_lr > 0)
+    curve = metrics(tmp_path / "rl")
+    assert curve[-1]["rl/return"] > curve[0]["rl/return"] + 0.5  # three pulls a game
+    loaded = Simulator.load(tmp_path / "rl")
+    torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight)
+
+
+def test_body_lr_needs_episodes_that_fit_the_context(tmp_path: Path) -> None:
+    cfg = FinetuneConfig(iterations=1, episodes=2, body_lr=1e-3)
+    with pytest.raises(SimagentsError, match="context_len 4; set max_steps to at most 4"):
+        finetune(tiny_model(act_space=DISCRETE_ACT), Bandit(DISCRETE_ACT, steps=5), tmp_path / "rl", cfg)
+    assert not (tmp_path / "rl").exists()
+    finetune(
+        tiny_model(act_space=DISCRETE_ACT),
+        Bandit(DISCRETE_ACT, steps=5),
+        tmp_path / "rl",
+        replace(cfg, max_steps=4),
+    )
+    assert metrics(tmp_path / "rl")[0]["rl/episode_length"] == 4
 
 
 def test_same_seed_same_metrics(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ but its policy head has been trained by policy gradient on its own episodes, wit
 on the KL divergence from the frozen pre-trained policy. The simulated distribution of
 players collapses towards one player: the one the reward favours.
 
-Only the policy head learns; the transformer stays frozen. Its hidden state at each return
-token is then a fixed function of the trajectory, so an episode's features are computed once,
-while acting, and every update re-reads them. Hence a PPO-style clipped objective rather than
-plain REINFORCE: with episodes the expensive part and updates nearly free, several epochs per
-batch of episodes pay off, and the ratio clip keeps those repeated steps from overshooting
-the policy that collected the batch. The baseline is learned: a linear regression of the
+By default only the policy head learns; the transformer stays frozen. Its hidden state at each
+return token is then a fixed function of the trajectory, so an episode's features are computed
+once, while acting, and every update re-reads them. With ``body_lr`` > 0 the transformer learns
+too (at its own, smaller rate): each update then runs the batch's episodes through it again, as
+one batch of whole-episode windows, so an episode must fit in the simulator's context. Either
+way a PPO-style clipped objective rather than plain REINFORCE: with episodes the expensive part,
+several epochs per batch of episodes pay off, and the ratio clip keeps those repeated steps from
+overshooting the policy that collected the batch. The baseline is learned: a linear regression of the
 discounted return on the same features, fitted on the *previous* batches (fitting it on the
 batch it scores would bias the gradient).
 
@@ -38,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import Tensor, nn
+from torch import Tensor
 
 from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_json, atomic_write_text, to_dict
-from simagents.model import Simulator
+from simagents.model import Simulator, as_model_input
 from simagents.threads import threads
 
 FINETUNE_FILE = "finetune.json"
@@ -62,6 +64,12 @@ class FinetuneConfig:
     """Passes of gradient steps over each batch (PPO-style reuse of the collected episodes)."""
     lr: float = 3e-3
     """Adam learning rate of the policy head."""
+    body_lr: float = 0.0
+    """Adam learning rate of the rest of the simulator (embeddings, observation encoder, blocks);
+    0 keeps it frozen, so that only the policy head learns, reading fixed features. Measured on
+    the Connect Four study's default-budget simulators (150 iterations of 64 games, 2026-12-05),
+    1e-4 against 0: wins 0.80 / 0.66 against 0.79 / 0.81 (seeds 0 / 1, 300 games), KL from the
+    pre-trained policy 0.83 / 1.22 against 0.33 / 0.29, in 218 s against about 100 s."""
     clip: float = 0.2
     """PPO ratio clip: an update gains nothing from moving an action's probability beyond 1 +/- clip
     times what it was when the batch was collected."""
@@ -87,6 +95,10 @@ class FinetuneConfig:
                 raise SimagentsError(f"finetune: {name} must be at least 1, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SimagentsError(f"finetune: lr must be a positive number, got {self.lr}")
+        if not (self.body_lr >= 0 and math.isfinite(self.body_lr)):
+            raise SimagentsError(
+                f"finetune: body_lr must be 0 (frozen) or a positive number, got {self.body_lr}"
+            )
         if not 0 <= self.gamma <= 1:
             raise SimagentsError(f"finetune: gamma must lie in [0, 1], got {self.gamma}")
         if self.kl_coef < 0 or self.clip <= 0 or self.baseline_ridge < 0 or self.max_steps < 0:
@@ -134,9 +146,9 @@ class RLAgent(SimulatorAgent):
 # --------------------------------------------------------------------------- distributions
 
 
-def policy_stats(model: Simulator, head: nn.Module, reference: nn.Module, h: Tensor) -> tuple[Tensor, Tensor]:
-    """Per state (N,): the entropy of ``head``'s policy and its KL divergence from ``reference``'s."""
-    params, ref = head(h), reference(h)
+def policy_stats(model: Simulator, params: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Per state (N,): the entropy of the policy head's distribution ``params`` (N,out) and its KL
+    divergence from the reference policy's ``ref`` (N,out)."""
     if model.act_discrete:
         log_p, log_q = F.log_softmax(params, -1), F.log_softmax(ref, -1)
         return -(log_p.exp() * log_p).sum(-1), (log_p.exp() * (log_p - log_q)).sum(-1)
@@ -183,20 +195,26 @@ class LinearBaseline:
 
 @dataclass
 class Batch:
-    """One iteration's episodes, flattened over steps."""
+    """One iteration's episodes, flattened over steps (episode by episode, in step order)."""
 
     features: Tensor  # (N,d) hidden at each return token
     drawn: Tensor  # (N,) long or (N,act_dim) env units, unclipped
     returns: Tensor  # (N,) discounted return from each step
     episode_returns: list[float]
     episode_lengths: list[int]
+    # What the context read, per step, for re-running the episodes (body_lr > 0): as the model embeds
+    observations: list[Tensor]  # N of () long or (obs_dim,)
+    actions: list[Tensor]  # N of () long or (act_dim,): the action the env got (Box: clipped)
+    rewards: Tensor  # (N,)
 
 
 def collect_batch(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) -> Batch:
     """Play ``cfg.episodes`` episodes with the agent's current policy; episode i is seeded seed + i."""
+    model = agent.simulator
     agent.record = True
     agent.features, agent.drawn = [], []
     returns, totals, lengths = [], [], []
+    observations, actions, all_rewards = [], [], []
     try:
         for i in range(cfg.episodes):
             obs, info = env.reset(seed=seed + i)
@@ -204,7 +222,9 @@ def collect_batch(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) 
             rewards: list[float] = []
             reward, done = 0.0, False
             while not done:
+                observations.append(as_model_input(obs, model.observation_space))
                 action = agent.act(obs, reward, action_mask=info.get("action_mask"))
+                actions.append(as_model_input(action, model.action_space))
                 obs, step_reward, terminated, truncated, info = env.step(action)
                 reward = float(step_reward)
                 rewards.append(reward)
@@ -212,6 +232,7 @@ def collect_batch(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) 
             returns.append(discounted_returns(rewards, cfg.gamma))
             totals.append(float(np.sum(rewards)))
             lengths.append(len(rewards))
+            all_rewards += rewards
     finally:
         agent.record = False
     return Batch(
@@ -220,7 +241,47 @@ def collect_batch(agent: RLAgent, env: gym.Env, cfg: FinetuneConfig, seed: int) 
         returns=torch.as_tensor(np.concatenate(returns), dtype=torch.float32),
         episode_returns=totals,
         episode_lengths=lengths,
+        observations=observations,
+        actions=actions,
+        rewards=torch.tensor(all_rewards, dtype=torch.float32),
     )
+
+
+def episode_windows(model: Simulator, batch: Batch) -> dict[str, Tensor]:
+    """The batch's episodes as training windows (B episodes, K their longest length), the return
+    and the label unknown, as the agent played them: :meth:`Simulator.forward`'s input."""
+    lengths = batch.episode_lengths
+    longest = max(lengths)
+    if longest > model.cfg.context_len:
+        raise SimagentsError(
+            f"finetune: body_lr > 0 re-reads whole episodes, but one ran {longest} steps, more than the "
+            f"simulator's context_len {model.cfg.context_len}; set max_steps to at most "
+            f"{model.cfg.context_len}, or body_lr to 0 (the policy head alone)"
+        )
+    mask = torch.arange(longest).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (B,K)
+
+    def padded(values: Tensor) -> Tensor:  # (N,...) -> (B,K,...), zeros after each episode's end
+        out = values.new_zeros(len(lengths), longest, *values.shape[1:])
+        out[mask] = values
+        return out
+
+    actions = padded(torch.stack(batch.actions))
+    return {
+        "observations": padded(torch.stack(batch.observations)),
+        "actions": actions,
+        "rewards": padded(batch.rewards),
+        "returns_to_go": torch.zeros(mask.shape),
+        "return_known": torch.zeros(len(lengths), dtype=torch.bool),
+        "interventions": torch.zeros(mask.shape, dtype=torch.bool),
+        "timesteps": torch.arange(longest).expand(mask.shape),
+        "mask": mask,
+    }
+
+
+def episode_features(model: Simulator, windows: dict[str, Tensor]) -> Tensor:
+    """Hidden state at each step's return token (N,d), in the batch's order, by one forward pass."""
+    hidden: Tensor = model(windows, kinds=("return",))["return"]  # (B,K,d)
+    return hidden[windows["mask"]]
 
 
 def finetune(
@@ -262,13 +323,18 @@ def _finetune(
     atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(simulator).eval()
-    for p in model.parameters():
+    reference = copy.deepcopy(simulator).eval()  # the frozen pre-trained policy
+    for p in reference.parameters():
         p.requires_grad_(False)
     head = model.action_head
-    reference = copy.deepcopy(head)  # the frozen pre-trained policy
-    for p in head.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    body = [p for name, p in model.named_parameters() if not name.startswith("action_head.")]
+    train_body = cfg.body_lr > 0
+    for p in body:
+        p.requires_grad_(train_body)
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    if train_body:
+        groups.append({"params": body, "lr": cfg.body_lr})
+    optimizer = torch.optim.Adam(groups)
     agent = RLAgent(model)
     baseline = LinearBaseline(cfg.baseline_ridge)
     metrics_path = folder / METRICS_FILE
@@ -278,19 +344,26 @@ def _finetune(
         for iteration in range(cfg.iterations):
             with torch.no_grad():
                 batch = collect_batch(agent, env, cfg, seed=cfg.seed * 1_000_003 + iteration * cfg.episodes)
-                old_log_prob = model.action_log_prob(batch.features, batch.drawn)
-                advantage = batch.returns - baseline(batch.features)
+                windows = episode_windows(model, batch) if train_body else {}
+                # The body learning, old and reference policies read the same forward pass as the update.
+                features = episode_features(model, windows) if train_body else batch.features
+                ref_params = reference.action_params(
+                    episode_features(reference, windows) if train_body else features
+                )
+                old_log_prob = model.action_log_prob(features, batch.drawn)
+                advantage = batch.returns - baseline(features)
                 advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + 1e-8)
-                entropy_before, kl_before = policy_stats(model, head, reference, batch.features)
+                entropy_before, kl_before = policy_stats(model, model.action_params(features), ref_params)
             for _ in range(cfg.epochs):
-                ratio = (model.action_log_prob(batch.features, batch.drawn) - old_log_prob).exp()
+                h = episode_features(model, windows) if train_body else features
+                ratio = (model.action_log_prob(h, batch.drawn) - old_log_prob).exp()
                 surrogate = torch.min(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
-                _, kl = policy_stats(model, head, reference, batch.features)
+                _, kl = policy_stats(model, model.action_params(h), ref_params)
                 loss = -surrogate.mean() + cfg.kl_coef * kl.mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 optimizer.step()
-            baseline.fit(batch.features, batch.returns)
+            baseline.fit(features, batch.returns)
             record = {
                 "step": iteration + 1,
                 "rl/return": float(np.mean(batch.episode_returns)),

@@ -83,7 +83,7 @@ from simagents.envs.connect_four_metrics import (
     population_elo,
 )
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, hold_lock, to_dict
+from simagents.io import atomic_write_json, atomic_write_text, hold_lock, option_value, to_dict
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.probes import probe_features, probe_report
 from simagents.threads import threads
@@ -267,7 +267,7 @@ def expand_agents(agents: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]
         if "=" in inside:  # AGENT[KEY=VALUE]: one option
             key, value = inside.split("=", 1)
             check_agents([base])
-            out.append((name, base, {key: value}))
+            out.append((name, base, {key: option_value(value)}))
             continue
         if base != "imitation":
             raise SimagentsError(f"agent {name!r}: only imitation takes a player label, as imitation[NAME]")
