@@ -215,7 +215,8 @@ def testbed_command(
         out: Run folder to create (must be absent or empty); results go to OUT/results.json.
         param: Testbed parameters as key=value, e.g. --param accuracy=0.6 big=1e6 (one --param flag).
         agents: Comma-separated decision procedures to compare (connect_four also takes imitation[NAME],
-            imitation conditioned on player NAME, and imitation[labels], one per player).
+            imitation conditioned on player NAME, imitation[labels], one per player, and
+            AGENT[KEY=VALUE], AGENT with one option, e.g. dt[temperature=1]).
         seed: Seed of the data, the training and the evaluation.
         budget: Data, training and evaluation budget: default (minutes; connect_four about 20 min
             at one thread), fast (for tests), smoke (seconds: checks the plumbing, learns nothing), or for

@@ -41,7 +41,8 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
     out, results = fast_run
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["testbed"] == "connect_four" and results["params"]["opponent_depth"] == 1
-    expected = ["imitation", *(f"imitation[{p}]" for p in POPULATION), "dt", "edt", "edt[value=bayes]", "rl"]
+    labels = [f"imitation[{p}]" for p in POPULATION]
+    expected = ["imitation", *labels, "dt", "dt[temperature=1]", "edt", "edt[value=bayes]", "rl"]
     assert list(results["agents"]) == expected
     for name, entry in [*results["agents"].items(), *results["population"].items()]:
         for key in METRICS:
@@ -138,14 +139,16 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
     Conditioned on winning, dt (the policy's mode) wins more often than the population's
     average and blunders less (0.863 and 0.003 against 0.44 and 0.076), and so do edt by its
     action-value head (0.647, 0.013; 0.700) and by Bayes' rule over the policy (0.783, 0.011;
-    0.740). rl, fine-tuned from the unconditioned imitator, wins more often than every
-    imitator (0.787; 0.807, the expert label 0.677; 0.653) and collapses the distribution it
-    simulated: move entropy 0.10 (0.17) against the imitator's 1.11 and every label's 0.42 or
-    more, KL to the data 0.42 (0.34) against the imitator's 0.03. The player probe on the
+    0.740); sampled instead of its mode, dt still does (0.653 and 0.023; 0.610 and 0.028). rl,
+    fine-tuned from the unconditioned imitator, wins more often than every agent that samples
+    its policy (0.787; 0.807, the expert label 0.677; 0.653, dt sampled above) and collapses the
+    distribution it simulated: move entropy 0.10 (0.17) against the imitator's 1.11, sampled
+    dt's 0.62 (0.67) and every label's 0.42 or more, KL to the data 0.42 (0.34) against the
+    imitator's 0.03 and sampled dt's 0.10 (0.10). The player probe on the
     hidden states beats chance by a wide margin and the raw board (0.451 against 0.170 and
     0.422; 0.476 against 0.230 and 0.412)."""
     labels = ["imitation[random]", "imitation[novice]", "imitation[expert]"]
-    planners = ["dt", "edt", "edt[value=bayes]"]
+    planners = ["dt", "dt[temperature=1]", "edt", "edt[value=bayes]"]
     agents = ["imitation", *labels, *planners, "rl"]
     results = run_connect_four(out=tmp_path / "run", budget="default", agents=agents)
     played = results["agents"]
@@ -164,8 +167,9 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
         assert played[name]["win_rate"] > population["win_rate"] + 0.1, name
         assert played[name]["blunder_rate"] < population["blunder_rate"], name
     rl, imitator = played["rl"], played["imitation"]
-    assert all(rl["win_rate"] > played[name]["win_rate"] for name in ["imitation", *labels])
     samplers = [entry for name, entry in played.items() if entry["sampling"] and name != "rl"]
+    assert len(samplers) == 5  # the imitators and dt[temperature=1]
+    assert rl["win_rate"] > max(entry["win_rate"] for entry in samplers)
     assert rl["move_entropy"] < min(entry["move_entropy"] for entry in samplers)
     assert rl["kl_to_data"] > imitator["kl_to_data"] + 0.1
     probe = results["probes"]["player"]
@@ -173,15 +177,16 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
     assert probe["hidden"] > probe["raw"]
 
 
-@pytest.mark.parametrize(("rl_kl", "collapsed"), [(0.9, True), (0.3, False)])
+@pytest.mark.parametrize(("rl_kl", "rl_win", "collapsed"), [(0.9, 0.7, True), (0.3, 0.5, False)])
 def test_the_report_calls_rl_collapsed_against_the_simulated_population(
-    rl_kl: float, collapsed: bool
+    rl_kl: float, rl_win: float, collapsed: bool
 ) -> None:
-    # rl is compared with the imitator it was fine-tuned from (KL 0.5), not with an argmax
-    # (edt: entropy 0, KL 2.0) nor with an imitator told to play one player (KL 1.5).
-    def agent(entropy: float, kl: float, sampling: bool) -> dict:
+    # rl is compared with the imitator it was fine-tuned from (KL 0.5) and sampled dt (KL 0.1),
+    # not with an argmax (edt: entropy 0, KL 2.0) nor with an imitator told to play one player
+    # (KL 1.5); its wins with every agent that samples, not with an argmax (edt wins 0.8).
+    def agent(entropy: float, kl: float, sampling: bool, win: float = 0.3) -> dict:
         return {
-            "win_rate": 0.3,
+            "win_rate": win,
             "blunder_rate": 0.05,
             "move_entropy": entropy,
             "kl_to_data": kl,
@@ -196,14 +201,18 @@ def test_the_report_calls_rl_collapsed_against_the_simulated_population(
         "agents": {
             "imitation": agent(1.3, 0.5, True),
             "imitation[random]": {**agent(1.9, 1.5, True), "label": "random", "blunder_rate": 0.2},
-            "edt": agent(0.0, 2.0, False),
-            "rl": agent(0.2, rl_kl, True),
+            "dt[temperature=1]": agent(0.7, 0.1, True, win=0.6),
+            "edt": agent(0.0, 2.0, False, win=0.8),
+            "rl": agent(0.2, rl_kl, True, win=rl_win),
         },
     }
     result["agents"]["imitation[random]"]["data_blunder_rate"] = 0.2
     text = connect_four_interpretation(result)
     assert ("the distribution it simulated collapsed" in text) == collapsed
     assert ("not collapsed" in text) != collapsed
+    best = "than every other agent that samples its policy: the best, dt[temperature=1], 0.60)"
+    assert (f"won 0.70 (more {best}" in text) == (rl_win == 0.7)
+    assert (f"won 0.50 (no more {best}" in text) == (rl_win == 0.5)
 
 
 def population_simulator(shares: list[float]) -> Simulator:

@@ -14,7 +14,8 @@
    - ``imitation``: unconditioned, the label unknown (whoever the history suggests);
    - ``imitation[NAME]`` for each player: the same simulator with the player's label
      in its context;
-   - ``dt``: conditioned on winning (the data's best return);
+   - ``dt``: conditioned on winning (the data's best return), playing the policy's mode;
+   - ``dt[temperature=1]``: the same, sampling the policy: the simulated players who won;
    - ``edt``: the planner, scoring every column by the action-value head;
    - ``edt[value=bayes]``: the same planner, scoring by Bayes' rule over the policy prompted
      with each outcome;
@@ -237,10 +238,23 @@ BUDGETS = {
     ),
 }
 
-DEFAULT_AGENTS = ("imitation", "imitation[labels]", "dt", "edt", "edt[value=bayes]", "rl")
+DEFAULT_AGENTS = (
+    "imitation",
+    "imitation[labels]",
+    "dt",
+    "dt[temperature=1]",
+    "edt",
+    "edt[value=bayes]",
+    "rl",
+)
 """``imitation[labels]`` stands for one conditioned imitator per player; ``edt[value=bayes]``
 is the evidential planner reading its action values by Bayes' rule over the return-conditioned
-policy (:func:`~simagents.agents.planner.bayes_action_values`: the data are all observational)."""
+policy (:func:`~simagents.agents.planner.bayes_action_values`: the data are all observational).
+``dt[temperature=1]`` samples the win-conditioned policy, as ``rl`` samples its own: the one
+like-for-like comparison of what conditioning on a win and fine-tuning to win make of the
+simulated population (measured at the default budget, seeds 0 / 1, 2026-12-05: wins 0.65 /
+0.61 against rl's 0.79 / 0.81, move entropy 0.62 / 0.67 against 0.10 / 0.17, KL to the data
+0.10 / 0.10 against 0.42 / 0.34; the mode, ``dt``, wins 0.86 / 0.86 and rl's mode 0.85 / 0.84)."""
 
 
 def resolve_budget(budget: ConnectFourBudget | str) -> ConnectFourBudget:

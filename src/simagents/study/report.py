@@ -639,7 +639,7 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
     parts += label_mixture_sentence(agents, population)
     mean_win = float(np.mean([p["win_rate"] for p in population.values()]))
     mean_blunders = float(np.mean([p["blunder_rate"] for p in population.values()]))
-    for agent in ("dt", "edt", "edt[value=bayes]"):
+    for agent in ("dt", "dt[temperature=1]", "edt", "edt[value=bayes]"):
         if agent in agents:
             e = agents[agent]
             parts.append(
@@ -648,10 +648,12 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
             )
     if "rl" in agents:
         rl = agents["rl"]
-        # Collapse is measured against the population the simulator simulates: the imitators that
-        # sample it without being told a player (rl starts from that policy). An argmax (edt, dt)
-        # has no distribution to collapse; an imitator told a player is meant to leave the mixture.
-        others = [e for a, e in agents.items() if a != "rl" and e.get("sampling", True) and "label" not in e]
+        # Collapse is measured against the population the simulator simulates: the agents that
+        # sample it without being told a player (the imitator rl starts from, dt sampled). An
+        # argmax (edt, dt) has no distribution to collapse; an imitator told a player is meant to
+        # leave the mixture. Wins are compared with every agent that samples its policy.
+        samplers = {a: e for a, e in agents.items() if a != "rl" and e.get("sampling", True)}
+        others = [e for e in samplers.values() if "label" not in e]
         collapsed = all(rl["move_entropy"] < e["move_entropy"] for e in others) and all(
             rl["kl_to_data"] > e["kl_to_data"] for e in others
         )
@@ -665,9 +667,16 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
                 else ": not collapsed below the unconditioned imitator at this budget."
             )
         )
+        runner_up = max(samplers, key=lambda a: samplers[a]["win_rate"], default=None)
+        compared = (
+            ""
+            if runner_up is None
+            else f" ({'more' if rl['win_rate'] > samplers[runner_up]['win_rate'] else 'no more'} than every "
+            f"other agent that samples its policy: the best, {runner_up}, {samplers[runner_up]['win_rate']:.2f})"
+        )
         parts.append(
-            f"Fine-tuned to win, the policy won {rl['win_rate']:.2f} with move entropy {rl['move_entropy']:.2f} "
-            f"and KL to the data {rl['kl_to_data']:.2f}{verdict}"
+            f"Fine-tuned to win, the policy won {rl['win_rate']:.2f}{compared} with move entropy "
+            f"{rl['move_entropy']:.2f} and KL to the data {rl['kl_to_data']:.2f}{verdict}"
         )
     player = result.get("probes", {}).get("player")
     if player:
