@@ -265,10 +265,9 @@ def episode_windows(model: Simulator, batch: Batch) -> dict[str, Tensor]:
         out[mask] = values
         return out
 
-    actions = padded(torch.stack(batch.actions))
     return {
         "observations": padded(torch.stack(batch.observations)),
-        "actions": actions,
+        "actions": padded(torch.stack(batch.actions)),
         "rewards": padded(batch.rewards),
         "returns_to_go": torch.zeros(mask.shape),
         "return_known": torch.zeros(len(lengths), dtype=torch.bool),
@@ -345,7 +344,8 @@ def _finetune(
             with torch.no_grad():
                 batch = collect_batch(agent, env, cfg, seed=cfg.seed * 1_000_003 + iteration * cfg.episodes)
                 windows = episode_windows(model, batch) if train_body else {}
-                # The body learning, old and reference policies read the same forward pass as the update.
+                # With the body learning, the old and the reference policy read the forward pass the
+                # update reads, not the features recorded while acting (equal up to rounding).
                 features = episode_features(model, windows) if train_body else batch.features
                 ref_params = reference.action_params(
                     episode_features(reference, windows) if train_body else features
