@@ -197,15 +197,13 @@ class ConnectFourBudget:
 
 
 BUDGETS = {
-    # About 17 minutes at one thread on the AMD EPYC (1,041 s at seed 0, 2026-12-02, sharing
-    # the 2 cores with another run: data 157 s, training 690 s, rl 143 s); 35 min on the Intel
-    # Xeon with half the windows from the first move (2,128 s, 2026-12-03, sharing the cores:
-    # data 364 s, training 1,384 s).
+    # About 20 minutes at one thread on the AMD EPYC (1,200-1,300 s, 2026-12-04, ten planes,
+    # sharing the 2 cores with another run: data 122 s, training 884-919 s, rl about 100 s).
     "default": ConnectFourBudget(),
-    # Twice the default's games and steps: 31 min at one thread (1,883 s at seed 0, 2026-12-02,
-    # sharing the 2 cores: data 324 s, training 1,404 s). The labels' held-out NLL falls (club
-    # 0.75, expert 0.58 nats) but their blunders hardly do (0.030, 0.024); dt wins 0.78, edt
-    # 0.80 by its head and 0.81 by Bayes' rule, rl 0.80, the unconditioned imitator 0.19.
+    # Twice the default's games and steps: 37 min at one thread (2,241 / 2,245 s at seeds 0 / 1,
+    # 2026-12-05, sharing the 2 cores: data 248 s, training 1,834-1,842 s). The expert label
+    # blunders at 0.013 / 0.011 (default 0.018 / 0.021), club 0.025 / 0.017, casual 0.057 /
+    # 0.055; dt wins 0.83 / 0.80, rl 0.83 / 0.80, the unconditioned imitator 0.37 / 0.32.
     "full": ConnectFourBudget(episodes=18000, steps=12000),
     # For tests: the plumbing with a simulator that learns a little, in well under a minute.
     "fast": ConnectFourBudget(
