@@ -107,6 +107,27 @@ def test_players_are_deterministic_under_a_seed_and_differ_in_strength() -> None
         Player(depth=2, blunder=1.5)
 
 
+@pytest.mark.parametrize(
+    ("player", "moves", "expected"),
+    [
+        # a win in one in column 0: the searcher takes it; the rest is the blunder share, spread
+        (Player(depth=2, blunder=0.0), "010102", [1, 0, 0, 0, 0, 0, 0]),
+        (Player(depth=2, blunder=0.35), "010102", [0.7, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]),
+        # a full column 0 is not legal, even for the random player
+        (Player(depth=1, blunder=1.0), "000000", [0, 1 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6]),
+    ],
+)
+def test_a_players_policy_is_what_its_moves_are_drawn_from(
+    player: Player, moves: str, expected: list[float]
+) -> None:
+    position = Position.from_moves(moves)
+    policy = player.policy(position)
+    np.testing.assert_allclose(policy, expected, atol=1e-12)
+    rng = np.random.default_rng(0)
+    draws = np.bincount([player.move(position, rng) for _ in range(4000)], minlength=7) / 4000
+    np.testing.assert_allclose(draws, policy, atol=0.03)
+
+
 def test_alpha_beta_agrees_with_a_full_window_search_and_with_proofs() -> None:
     rng = np.random.default_rng(0)
     checked = 0

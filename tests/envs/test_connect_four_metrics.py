@@ -20,6 +20,7 @@ from simagents.envs.connect_four_metrics import (
     outcome_rates,
     play_games,
     player_metrics,
+    policy_fidelity,
 )
 
 # First player to move; the second has three on row 1 (columns 1-3), open at both ends above
@@ -77,6 +78,27 @@ def test_no_blunder_in_a_lost_position() -> None:
     moves = [(position, 4), (Position.from_moves(UNDER_THREAT), 4), (Position.from_moves("010101"), 3)]
     rates = blunder_rate(moves, depth=4)
     assert rates["blunder_rate"] == pytest.approx(2 / 3) and rates["missed_win_rate"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("blunder_share", [0.0, 0.5])
+def test_policy_fidelity_against_a_players_exact_policy(blunder_share: float) -> None:
+    position = Position.from_moves(UNDER_THREAT)  # columns 0 and 4 lose at once (depth 2)
+    player = Player(depth=2, blunder=blunder_share)
+    exact = player.policy(position)
+    own = policy_fidelity(player, [position], [exact], depth=2)
+    assert own["kl_from_player"] == pytest.approx(0.0, abs=1e-9)
+    assert own["mass_on_player_moves"] == pytest.approx(1.0)
+    assert own["blunder_mass"] == own["player_blunder_mass"] == pytest.approx(blunder_share * 2 / 7)
+    uniform = position.action_mask() / 7
+    spread = policy_fidelity(player, [position, position], [uniform, uniform], depth=2)
+    entropy = -float((exact[exact > 0] * np.log(exact[exact > 0])).sum())
+    assert spread["kl_from_player"] == pytest.approx(math.log(7) - entropy)
+    assert spread["mass_on_player_moves"] == pytest.approx((exact > 0).sum() / 7)
+    assert spread["blunder_mass"] == pytest.approx(2 / 7)
+    assert spread["player_blunder_mass"] == pytest.approx(blunder_share * 2 / 7)
+    assert spread["positions"] == 2
+    with pytest.raises(ValueError, match="1 policies for 2 positions"):
+        policy_fidelity(player, [position, position], [uniform])
 
 
 def test_outcome_rates() -> None:

@@ -17,7 +17,7 @@ from simagents.envs.connect_four_metrics import play_games
 from simagents.errors import SimagentsError
 from simagents.model import Simulator
 from simagents.study.connect_four import BUDGETS, inferred_player, run_connect_four
-from simagents.study.report import connect_four_interpretation, strength_figure
+from simagents.study.report import connect_four_interpretation, connect_four_section, strength_figure
 
 METRICS = (
     "win_rate",
@@ -74,6 +74,16 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
     for player in POPULATION:  # nats per move: at most about log 7 for a barely trained simulator
         assert 0 < results["label_nll"][player]["own_label"] < 3
         assert 0 < results["label_nll"][player]["unknown_label"] < 3
+        fidelity = results["label_fidelity"][player]  # read in the player's own held-out games
+        assert 0 <= fidelity["player_blunder_mass"] <= 1 and 0 < fidelity["mass_on_player_moves"] <= 1 + 1e-6
+        assert fidelity["kl_from_player"] >= 0 and fidelity["positions"] > 0
+        in_its_games = results["agents"][f"imitation[{player}]"]["fidelity"]
+        assert in_its_games["positions"] == results["agents"][f"imitation[{player}]"]["moves"]
+    assert "fidelity" not in results["agents"]["imitation"]  # told no player: none to compare with
+    assert (
+        results["label_fidelity"]["random"]["kl_from_player"]
+        < results["label_fidelity"]["expert"]["kl_from_player"]
+    )
     assert (out / "simulator").is_dir() and (out / "rl" / "model.safetensors").is_file()
 
 
@@ -163,6 +173,14 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
     for player in ("random", "expert"):
         nll = results["label_nll"][player]
         assert nll["own_label"] < nll["unknown_label"] - 0.05, player
+    # Exact, in the players' own positions: the random label's policy is close to uniform; the
+    # expert's puts little probability on blunders, the random one's much more.
+    fidelity = results["label_fidelity"]
+    assert fidelity["random"]["kl_from_player"] < 0.05
+    assert fidelity["random"]["blunder_mass"] == pytest.approx(
+        fidelity["random"]["player_blunder_mass"], rel=0.3
+    )
+    assert fidelity["expert"]["blunder_mass"] < 0.03 < fidelity["random"]["blunder_mass"]
     for name in [*planners, "rl"]:
         assert played[name]["win_rate"] > population["win_rate"] + 0.1, name
         assert played[name]["blunder_rate"] < population["blunder_rate"], name
@@ -332,3 +350,44 @@ def test_the_report_says_how_far_ahead_the_strongest_label_loses(
     else:
         assert verdict in text
         assert f"As expert its losing moves lose within 2 plies at {by_plies['2']:.3f}" in text
+
+
+@pytest.mark.parametrize(
+    ("in_its_games", "verdict"),
+    [
+        (0.0121, "not in where its own play leads"),  # measured: full budget, seed 0 (2026-12-05)
+        (0.0400, "they compound"),
+    ],
+)
+def test_the_report_says_whether_the_strongest_labels_errors_compound(
+    in_its_games: float, verdict: str
+) -> None:
+    fidelity = {
+        "blunder_mass": 0.0108,
+        "player_blunder_mass": 0.0,
+        "kl_from_player": 0.26,
+        "positions": 1051.0,
+    }
+    games = {**fidelity, "blunder_mass": in_its_games, "kl_from_player": 0.34, "positions": 3711.0}
+    table_entry = {"move_entropy": 0.5, "kl_to_data": 0.2, "elo": 900.0}
+    label = {
+        **table_entry,
+        "win_rate": 0.7,
+        "label": "expert",
+        "blunder_rate": 0.013,
+        "data_blunder_rate": 0.0,
+        "fidelity": games,
+    }
+    result = {
+        "seed": 0,
+        "data": {"episodes": 10},
+        "population": {"expert": {**table_entry, "win_rate": 0.84, "blunder_rate": 0.0}},
+        "agents": {"imitation[expert]": label},
+        "label_fidelity": {"expert": fidelity},
+    }
+    text = connect_four_interpretation(result)
+    assert verdict in text
+    exact = "0.011 of its probability per move on blunders in its player's own positions (0.000 its player)"
+    assert f"{exact} and {in_its_games:.3f}" in text
+    table = "\n".join(connect_four_section("connect_four", result)[0])
+    assert f"| expert | 0.011 (0.000) | 0.26 | {in_its_games:.3f} (0.000) | 0.34 |" in table

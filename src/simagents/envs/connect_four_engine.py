@@ -386,6 +386,19 @@ class Player:
         if not 0.0 <= self.blunder <= 1.0:
             raise ValueError(f"blunder must be a probability in [0, 1], got {self.blunder}")
 
+    def policy(self, position: Position) -> np.ndarray:
+        """(7,) the probability of each column: the distribution :meth:`move` draws from (the
+        blunder share spread over the legal columns, the rest over the search's best ones)."""
+        legal = position.legal_moves()
+        if not legal:
+            raise ValueError("no legal move: the game is over")
+        probabilities = np.zeros(COLUMNS)
+        probabilities[legal] += self.blunder / len(legal)
+        if self.blunder < 1:
+            best = best_moves(position, self.depth)
+            probabilities[best] += (1 - self.blunder) / len(best)
+        return probabilities
+
     def move(self, position: Position, rng: np.random.Generator) -> int:
         """A column for the side to move; draws from ``rng`` in a fixed order (determinism)."""
         legal = position.legal_moves()

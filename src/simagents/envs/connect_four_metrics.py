@@ -8,6 +8,9 @@ data's players and the agents made from a simulator.
 - **Blunder** (:func:`blunder`): a move that misses a win in one, or that turns a position
   where some move avoids a forced loss within ``depth`` plies into one where the opponent
   forces a win (proved by exhaustive search, no heuristic).
+- **Fidelity to a player** (:func:`policy_fidelity`): in given positions, how far a move
+  distribution is from a population player's exact policy, and how much probability each
+  puts on blunders.
 - **Outcome rates** (:func:`outcome_rates`): win/draw/loss fractions of games.
 - **Move entropy and KL to the data** (:func:`move_statistics`): per position that the agent
   visits and the data visits often (the openings), the entropy of the agent's move
@@ -43,7 +46,7 @@ from simagents.envs.connect_four import (
     EnginePlayerAgent,
     position_from_observation,
 )
-from simagents.envs.connect_four_engine import COLUMNS, Position, forced_win
+from simagents.envs.connect_four_engine import COLUMNS, Player, Position, forced_win
 
 Move = tuple[Position, int]
 """A position with the side to move and the column it played."""
@@ -113,6 +116,45 @@ def blunder_rate(moves: Iterable[Move], depth: int = BLUNDER_DEPTH) -> dict[str,
         "losing_move_rate": kinds["losing_move"] / n,
         "losing_move_rate_by_plies": {str(d): plies[d] / n for d in range(2, depth + 1, 2)},
         "moves": float(n),
+    }
+
+
+def policy_fidelity(
+    player: Player,
+    positions: Sequence[Position],
+    policies: Sequence[np.ndarray],
+    depth: int = BLUNDER_DEPTH,
+) -> dict[str, float]:
+    """How closely move distributions follow ``player``'s exact policy (:meth:`Player.policy`),
+    one distribution per position (each (7,), zero on illegal columns), averaged over positions.
+
+    ``kl_from_player``: KL(player || policy) in nats; ``mass_on_player_moves``: the probability
+    on columns the player might play; ``blunder_mass`` and ``player_blunder_mass``: the
+    probability each puts on :func:`blunder` columns, i.e. its expected blunders per move in
+    these positions, exact where :func:`blunder_rate` counts sampled moves. An imitator of
+    ``player`` read in the player's own positions gives the error of its policy alone; in the
+    positions its own games reach, also where its play leads."""
+    if len(positions) != len(policies):
+        raise ValueError(f"{len(policies)} policies for {len(positions)} positions")
+    if not positions:
+        raise ValueError("no positions to measure")
+    kl = on_player = blunders = player_blunders = 0.0
+    for position, policy in zip(positions, policies, strict=True):
+        exact = player.policy(position)
+        q = np.asarray(policy, dtype=np.float64)
+        support = exact > 0
+        kl += float((exact[support] * np.log(exact[support] / np.maximum(q[support], 1e-12))).sum())
+        on_player += float(q[support].sum())
+        bad = [c for c in position.legal_moves() if blunder(position, c, depth) is not None]
+        blunders += float(q[bad].sum())
+        player_blunders += float(exact[bad].sum())
+    n = len(positions)
+    return {
+        "kl_from_player": kl / n,
+        "mass_on_player_moves": on_player / n,
+        "blunder_mass": blunders / n,
+        "player_blunder_mass": player_blunders / n,
+        "positions": float(n),
     }
 
 

@@ -34,9 +34,11 @@
    ``move_entropy``, ``kl_to_data``, ``sampling``, ``elo``, ``score_vs_<player>``,
    ``inferred_player``: whom the simulator takes the games' player for, by Bayes' rule over
    its label-conditioned policies, :func:`inferred_player`; a conditioned imitator
-   also ``label`` and ``data_blunder_rate``, its player's), ``probes``, ``label_nll`` (per
-   player, nats per held-out move under its own label and under the unknown one), ``data``,
-   ``budget`` and ``timings``.
+   also ``label``, ``data_blunder_rate`` (its player's) and ``fidelity``: its policies against
+   its player's exact policy in the positions of its games), ``probes``, ``label_nll`` (per
+   player, nats per held-out move under its own label and under the unknown one),
+   ``label_fidelity`` (per player, the label's policy against the player's exact one in the
+   player's held-out positions: :func:`label_fidelity`), ``data``, ``budget`` and ``timings``.
 
 Move entropy and KL to the data are measured in the positions that both the agent's games
 and the training data reach, the data at least ``MIN_DATA_VISITS`` times, from the policies a
@@ -71,7 +73,9 @@ from simagents.envs.connect_four import (
     ConnectFourEnv,
     demonstrations,
     mirror,
+    position_from_observation,
 )
+from simagents.envs.connect_four_engine import Player
 from simagents.envs.connect_four_metrics import (
     Move,
     blunder_rate,
@@ -81,6 +85,7 @@ from simagents.envs.connect_four_metrics import (
     outcome_rates,
     play_games,
     player_metrics,
+    policy_fidelity,
     population_elo,
 )
 from simagents.errors import SimagentsError
@@ -330,12 +335,20 @@ def agent_metrics(
     data_moves: list[Move],
     seed: int,
     simulator: Simulator,
+    player: Player | None = None,
 ) -> dict[str, Any]:
     """An agent's games against the reference opponent and the population, measured;
-    ``simulator`` (the population's) says whom the agent's games look like to it."""
+    ``simulator`` (the population's) says whom the agent's games look like to it. With the
+    ``player`` an imitator is told it is, also ``fidelity``: its policies in the positions of
+    its games against that player's (:func:`~simagents.envs.connect_four_metrics.policy_fidelity`)."""
     games = play_games(agent, budget.eval_games, seed=seed, **params)
     rates = outcome_rates(games.outcomes)
+    policies = [policy for policy in games.policies if policy is not None]
+    fidelity = {}
+    if player is not None and len(policies) == len(games.moves):
+        fidelity["fidelity"] = policy_fidelity(player, [position for position, _ in games.moves], policies)
     return {
+        **fidelity,
         **rates,
         "inferred_player": inferred_player(simulator, games.episodes),
         "mean_return": float(np.mean(games.outcomes)),
@@ -457,6 +470,7 @@ def _run(
             data_moves,
             eval_seed,
             simulator,
+            POPULATION.get(options.get("label", "")),
         )
         if "label" in options:
             entry["label"] = options["label"]
@@ -467,6 +481,7 @@ def _run(
     tick = time.perf_counter()
     probes = probe_section(simulator, heldout, seed)
     imitation_nll = label_nll(simulator, heldout)
+    fidelity = label_fidelity(simulator, heldout)
     for name in POPULATION:
         population[name]["inferred_player"] = inferred_player(
             simulator, [e for e in heldout if e.policy == name]
@@ -487,6 +502,7 @@ def _run(
         "agents": results_per_agent,
         "probes": probes,
         "label_nll": imitation_nll,
+        "label_fidelity": fidelity,
         "data": {
             "path": str(path),
             "episodes": len(games),
@@ -521,13 +537,11 @@ def population_figures(
     return out
 
 
-@torch.no_grad()
-def move_log_likelihoods(simulator: Simulator, game: Episode, labels: Sequence[str | None]) -> Tensor:
-    """(L, T) log-probability of each of ``game``'s moves under the simulator's policy with each
-    of the ``labels`` in the context (None: unknown) and the return unknown: one forward pass,
-    the game repeated once per label."""
+def labelled_game(simulator: Simulator, game: Episode, labels: Sequence[str | None]) -> dict[str, Tensor]:
+    """``game`` as a batch of L windows, one per label in the context (None: unknown), the return
+    unknown: what the simulator reads to continue it as each player."""
     T, L = len(game), len(labels)
-    batch = {
+    return {
         "observations": torch.as_tensor(game.observations[:T])[None].expand(L, -1, -1),
         "returns_to_go": torch.zeros(L, T),
         "return_known": torch.zeros(L, dtype=torch.bool),
@@ -537,7 +551,34 @@ def move_log_likelihoods(simulator: Simulator, game: Episode, labels: Sequence[s
         "timesteps": torch.arange(T)[None].expand(L, -1),
         "label": torch.tensor([simulator.label_index(label) for label in labels]),
     }
+
+
+@torch.no_grad()
+def move_log_likelihoods(simulator: Simulator, game: Episode, labels: Sequence[str | None]) -> Tensor:
+    """(L, T) log-probability of each of ``game``'s moves under the simulator's policy with each
+    of the ``labels`` in the context: one forward pass, the game repeated once per label."""
+    batch = labelled_game(simulator, game, labels)
     return simulator.action_log_prob(simulator(batch)["return"], batch["actions"])
+
+
+@torch.no_grad()
+def label_fidelity(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[str, float]]:
+    """Per player: :func:`~simagents.envs.connect_four_metrics.policy_fidelity` of the simulator's
+    policy with the player's label in the context, read move by move in the player's own held-out
+    games (the policy over legal columns, as the imitator acts): its imitation error alone, apart
+    from where an imitator's own moves would lead."""
+    out = {}
+    for name, player in POPULATION.items():
+        positions, policies = [], []
+        for game in (e for e in heldout if e.policy == name):
+            logits = simulator.action_params(simulator(labelled_game(simulator, game, [name]))["return"])[0]
+            for t in range(len(game)):
+                position = position_from_observation(game.observations[t])
+                legal = torch.as_tensor(position.action_mask() != 0)
+                positions.append(position)
+                policies.append(torch.softmax(logits[t].masked_fill(~legal, -torch.inf), -1).numpy())
+        out[name] = policy_fidelity(player, positions, policies)
+    return out
 
 
 @torch.no_grad()

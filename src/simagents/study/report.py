@@ -578,6 +578,30 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
                 if isinstance(p, dict) and "hidden" in p
             ),
         ]
+    fidelity = result.get("label_fidelity", {})
+    if fidelity:
+        lines += [
+            "",
+            "Each label's policy against its player's exact policy, per move (probability on blunders, "
+            "KL from the player's policy in nats), in the player's own held-out positions and in "
+            "those of the label's games:",
+            "",
+            "| label | on blunders, player's positions (player) | KL | on blunders, its games' positions "
+            "(player) | KL |",
+            "|---|---|---|---|---|",
+        ]
+        in_games = {e["label"]: e["fidelity"] for e in result["agents"].values() if "fidelity" in e}
+        for label, f in fidelity.items():
+            g = in_games.get(label)
+            games = (
+                f"{g['blunder_mass']:.3f} ({g['player_blunder_mass']:.3f}) | {g['kl_from_player']:.2f}"
+                if g
+                else "- | -"
+            )
+            lines.append(
+                f"| {label} | {f['blunder_mass']:.3f} ({f['player_blunder_mass']:.3f}) | "
+                f"{f['kl_from_player']:.2f} | {games} |"
+            )
     figure = f"figures/{name}_strength.png"
     lines += [
         "",
@@ -615,6 +639,36 @@ def look_ahead_sentence(strongest: dict[str, Any]) -> list[str]:
     ]
 
 
+def compounding_sentence(label: dict[str, Any], in_players_positions: dict[str, float] | None) -> list[str]:
+    """Whether a label's excess blunders are in its policy or in where its own play leads: its
+    expected blunders per move beyond its player's, in the player's held-out positions against
+    in the positions of its own games (errors that compound lead to positions it handles worse)."""
+    in_its_games = label.get("fidelity")
+    if not in_its_games or not in_players_positions:
+        return []
+    excess_there = in_players_positions["blunder_mass"] - in_players_positions["player_blunder_mass"]
+    excess_own = in_its_games["blunder_mass"] - in_its_games["player_blunder_mass"]
+    compounding = excess_own > COMPOUNDING_RATIO * max(excess_there, 0.0) + COMPOUNDING_MARGIN
+    return [
+        f"Read exactly from its policy, the {label['label']} label puts {in_players_positions['blunder_mass']:.3f} "
+        f"of its probability per move on blunders in its player's own positions "
+        f"({in_players_positions['player_blunder_mass']:.3f} its player) and {in_its_games['blunder_mass']:.3f} "
+        f"in those of its own games ({in_its_games['player_blunder_mass']:.3f})"
+        + (
+            ": its errors grow where its own play leads (they compound)."
+            if compounding
+            else ": the error is in the policy, position by position, not in where its own play leads."
+        )
+    ]
+
+
+COMPOUNDING_RATIO = 1.5
+COMPOUNDING_MARGIN = 0.002
+"""A label's excess blunders per move in its own games count as compounding above 1.5 times
+(plus 0.002) its excess in its player's positions. Measured (2026-12-05, the expert label,
+ten-plane simulators): 0.017 / 0.017 at the default budget, 0.011 / 0.012 at the full one."""
+
+
 def connect_four_interpretation(result: dict[str, Any]) -> str:
     """Simulator or agent, from the measured numbers: conditioned blunders, mode collapse, the probes."""
     agents, population = result["agents"], result["population"]
@@ -634,7 +688,9 @@ def connect_four_interpretation(result: dict[str, Any]) -> str:
                 else ": at this budget it does not yet reproduce each player's mistakes."
             )
         )
-        parts += look_ahead_sentence(min((e for _, e in conditioned), key=lambda e: e["data_blunder_rate"]))
+        strongest = min((e for _, e in conditioned), key=lambda e: e["data_blunder_rate"])
+        parts += look_ahead_sentence(strongest)
+        parts += compounding_sentence(strongest, result.get("label_fidelity", {}).get(strongest["label"]))
     parts += inferred_player_sentence(agents.get("imitation"), result.get("data", {}).get("label_shares"))
     parts += label_mixture_sentence(agents, population)
     mean_win = float(np.mean([p["win_rate"] for p in population.values()]))
