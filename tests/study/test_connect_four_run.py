@@ -16,7 +16,7 @@ from simagents.envs.connect_four import POPULATION, ConnectFourEnv
 from simagents.envs.connect_four_metrics import play_games
 from simagents.errors import SimagentsError
 from simagents.model import Simulator
-from simagents.study.connect_four import BUDGETS, inferred_player, run_connect_four
+from simagents.study.connect_four import BUDGETS, format_results, inferred_player, run_connect_four
 from simagents.study.report import connect_four_interpretation, connect_four_section, strength_figure
 
 METRICS = (
@@ -80,6 +80,8 @@ def test_results_follow_the_schema(fast_run: tuple[Path, dict]) -> None:
         in_its_games = results["agents"][f"imitation[{player}]"]["fidelity"]
         assert in_its_games["positions"] == results["agents"][f"imitation[{player}]"]["moves"]
     assert "fidelity" not in results["agents"]["imitation"]  # told no player: none to compare with
+    expert = results["label_fidelity"]["expert"]
+    assert f"label expert in its player's positions: {expert['blunder_mass']:.3f}" in format_results(results)
     assert (
         results["label_fidelity"]["random"]["kl_from_player"]
         < results["label_fidelity"]["expert"]["kl_from_player"]

@@ -658,4 +658,9 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(
             f"probe {target}: hidden {p['hidden']:.3f}, raw board {p['raw']:.3f}, chance {p['chance']:.3f}"
         )
+    for label, f in results.get("label_fidelity", {}).items():
+        lines.append(
+            f"label {label} in its player's positions: {f['blunder_mass']:.3f} blunder probability per move "
+            f"(player {f['player_blunder_mass']:.3f}), KL from the player {f['kl_from_player']:.3f}"
+        )
     return "\n".join(lines)
