@@ -344,8 +344,10 @@ def agent_metrics(
     games = play_games(agent, budget.eval_games, seed=seed, **params)
     rates = outcome_rates(games.outcomes)
     policies = [policy for policy in games.policies if policy is not None]
+    # Drew every move from a policy it reported (imitation, dt, rl), not an argmax (edt).
+    sampling = len(policies) == len(games.moves)
     fidelity = {}
-    if player is not None and len(policies) == len(games.moves):
+    if player is not None and sampling:
         fidelity["fidelity"] = policy_fidelity(player, [position for position, _ in games.moves], policies)
     return {
         **fidelity,
@@ -354,8 +356,7 @@ def agent_metrics(
         "mean_return": float(np.mean(games.outcomes)),
         **blunder_rate(games.moves),
         **move_statistics(games.moves, data_moves, games.policies),
-        # Drew every move from a policy it reported (imitation, dt, rl), not an argmax (edt).
-        "sampling": all(policy is not None for policy in games.policies),
+        "sampling": sampling,
         **elo_against_population(
             agent, ratings, budget.elo_games, seed=seed + 50_000, agent_first=params["agent_first"]
         ),
