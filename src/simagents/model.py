@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from minari.serialization import deserialize_space, serialize_space
 from torch import Tensor, nn
 
+from simagents.kernels import decode_layers, layer_norm
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_bytes, atomic_write_json, from_dict, read_json, to_dict
 
@@ -853,17 +854,16 @@ class ActionEvaluation:
 
 
 class _DecodeWeights:
-    """The weights :class:`Context` decodes with, laid out for few and fast torch calls.
+    """The weights :class:`Context` decodes with, laid out for its compiled pass (:mod:`simagents.kernels`).
 
     Token embeddings become one lookup (each token sums 4 rows of one table: its
     timestep, its label, its type's bias or discrete content, and the action flag or a zero row)
     plus one product of the continuous features (normalised observation, scaled return,
     normalised action, scaled reward; zero where a token has none) by their stacked weights,
-    both in numpy (the table and the stacked weights are numpy arrays).
-    Linear weights are kept transposed and contiguous: ``addmm`` on them takes about 6 us on a
-    few rows where ``F.linear`` on the (out, in) layout takes about 10. These are copies, shared
-    by the model's Contexts: :meth:`refresh` rebuilds them when a parameter they copy changed in
-    place (an optimiser step, ``load_state_dict``). Biases and layer norms are used as they are."""
+    both in numpy. The blocks' parameters are stacked per kind over the layers, as torch stores
+    them ((out, in) weights), in numpy float32 arrays. These are copies, shared by the model's
+    Contexts: :meth:`refresh` rebuilds them when a parameter they copy changed in place (an
+    optimiser step, ``load_state_dict``)."""
 
     def __init__(self, model: Simulator) -> None:
         self.model = model
@@ -896,13 +896,14 @@ class _DecodeWeights:
         embeddings = [model.time_embed, model.label_embed, model.intervention_embed, model.obs_embed]
         embeddings += [model.act_embed, model.return_embed, model.reward_embed]
         self.sources: list[Tensor] = [p for m in embeddings if m is not None for p in m.parameters()]
-        self.sources.append(model.unknown_return)
-        for block in typed_blocks(model):
-            self.sources += [linear.weight for linear in block.linears()]
+        self.sources += [model.unknown_return, *model.ln_f.parameters()]
+        self.sources += list(model.blocks.parameters())
         self.evaluation_heads = (model.action_value_head, model.reward_head)
         self.sources += [p for head in self.evaluation_heads for p in head.parameters()]
         self.sources += list(model.action_head.parameters())
-        self.eps = [(b.ln1.eps, b.ln2.eps) for b in typed_blocks(model)]
+        blocks = typed_blocks(model)
+        self.eps = np.array([(b.ln1.eps, b.ln2.eps) for b in blocks], dtype=np.float64)  # (L,2)
+        self.final_eps = model.ln_f.eps
         self.versions: tuple[int, ...] = ()
         self.table = np.empty((0, d), dtype=np.float32)  # (rows, d)
         self.features_weight = np.empty((0, d), dtype=np.float32)  # (n_features, d)
@@ -912,9 +913,11 @@ class _DecodeWeights:
         # The policy head at one row, in numpy (Simulator.gaussian_policy)
         self.policy_weight = np.empty((d, 0), dtype=np.float32)  # (d, out)
         self.policy_bias = np.empty(0, dtype=np.float32)  # (out,)
-        # Per layer: ln1 w, b; qkv w^T, b (with one head also the projected values' columns: (C,4C));
-        # proj w^T, b; ln2 w, b; fc w^T, b; out w^T, b
-        self.layers: list[tuple[Tensor, ...]] = []
+        self.final_norm = np.empty((2, d), dtype=np.float32)  # ln_f weight, bias
+        # The blocks' parameters stacked over the L layers, as kernels.decode_layers takes them
+        empty = np.empty(0, dtype=np.float32)
+        self.norms = self.qkv_w = self.qkv_b = self.proj_w = self.proj_b = empty  # (L,4,C), (L,3C,C), ...
+        self.fc_w = self.fc_b = self.out_w = self.out_b = empty
         self.refresh()
 
     def refresh(self) -> None:
@@ -954,42 +957,29 @@ class _DecodeWeights:
                 columns.append(model.act_embed.weight.detach().t())
             columns.append(model.reward_embed.weight.detach().t())
             self.features_weight = torch.cat(columns).numpy()  # (n_features, d)
-
-            def transposed(linear: nn.Linear) -> tuple[Tensor, Tensor]:
-                return linear.weight.detach().t().contiguous(), linear.bias.detach()
-
             heads = self.evaluation_heads
             self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).t().contiguous()
             self.evaluation_bias = torch.cat([h.bias.detach() for h in heads])
             self.policy_weight = model.action_head.weight.detach().t().contiguous().numpy()
             self.policy_bias = model.action_head.bias.detach().clone().numpy()
-            self.layers = []
-            for b in typed_blocks(model):
-                qkv, proj, fc, out = b.linears()
-                wqkv, bqkv = transposed(qkv)  # (C,3C), (3C,)
-                wp, bp = transposed(proj)
-                if model.cfg.n_head == 1:
-                    # One head: softmax(s) V Wp + bp = softmax(s) (V Wp + bp), the rows of softmax(s)
-                    # summing to 1. So the layer also writes projected values V Wp + bp (from
-                    # Wv Wp, bv Wp + bp) and its attention output is one addmm onto the residual;
-                    # the plain values stay for fork's rollouts, which attend the usual way.
-                    C = wp.shape[0]
-                    wqkv = torch.cat([wqkv, wqkv[:, 2 * C :] @ wp], dim=1)  # (C,4C)
-                    bqkv = torch.cat([bqkv, bqkv[2 * C :] @ wp + bp])
-                self.layers.append(
-                    (
-                        b.ln1.weight.detach(),
-                        b.ln1.bias.detach(),
-                        wqkv,
-                        bqkv,
-                        wp,
-                        bp,
-                        b.ln2.weight.detach(),
-                        b.ln2.bias.detach(),
-                        *transposed(fc),
-                        *transposed(out),
-                    )
-                )
+            self.final_norm = torch.stack([model.ln_f.weight, model.ln_f.bias]).numpy()
+            blocks = typed_blocks(model)
+            linears = [b.linears() for b in blocks]
+
+            def stacked(tensors: list[Tensor]) -> np.ndarray:
+                return torch.stack(tensors).numpy()
+
+            def weights(i: int) -> np.ndarray:
+                return stacked([layer[i].weight for layer in linears])
+
+            def biases(i: int) -> np.ndarray:
+                return stacked([layer[i].bias for layer in linears])
+
+            self.norms = stacked(
+                [torch.stack([b.ln1.weight, b.ln1.bias, b.ln2.weight, b.ln2.bias]) for b in blocks]
+            )
+            self.qkv_w, self.proj_w, self.fc_w, self.out_w = (weights(i) for i in range(4))
+            self.qkv_b, self.proj_b, self.fc_b, self.out_b = (biases(i) for i in range(4))
         self.versions = versions
 
 
@@ -1020,28 +1010,17 @@ class Context:
     ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
     the simulator to continue the episode as that policy; None leaves it unknown.
 
-    At batch 1 an ``act`` is bound by per-call overhead and by reading the weights: a linear
-    layer of the reference size (hidden 128, 3 layers) costs 11-19 us on 4 rows, its weights
-    coming from L3 (2.4 MB in all, more than a core's L2). So this decoder makes few
-    torch calls (a whole ``dt`` action, agent included, makes 74 top-level torch operator calls
-    at 3 layers, down from 163 through the modules; 4-5x faster than HF's window
-    recompute, ``benchmarks/bench.py``) and few passes: a planner whose candidates are known
-    before the step (Discrete actions, a grid) runs them in the same pass as the step's own
-    tokens (:meth:`queue_return`, :meth:`evaluate_actions`). The tokens waiting are embedded
-    together (in numpy: a table lookup and one product, :class:`_DecodeWeights`); linear layers are
-    ``addmm`` on transposed weights; the keys and values of each layer are written in place
-    into one preallocated buffer, and every query attends to all of its slots (``addmm``,
-    ``softmax``, ``mm``: three times faster than ``scaled_dot_product_attention`` at these
-    sizes) with a cached additive mask that hides the slots not yet written, so no call depends
-    on how full the cache is; candidates of :meth:`evaluate_actions` sit in scratch slots after
-    the history, each seeing the history and itself; with one head each layer also caches its
-    values through the output projection, so attention and projection end in one ``addmm`` onto
-    the residual stream; the last layer runs its query, attention
-    and MLP only for the row read, and the final layer norm only on the positions read; the
-    candidates' action-value and reward heads are one ``addmm``.
+    At batch 1 an ``act`` is bound by per-call overhead and by reading the weights (2.4 MB at
+    the reference size, hidden 128 and 3 layers: more than a core's L2). So the pass is one
+    compiled call (:func:`simagents.kernels.decode_layers`) rather than some 35 torch calls,
+    and passes are few: a planner whose candidates are known before the step (Discrete actions,
+    a grid) runs them in the same pass as the step's own tokens (:meth:`queue_return`,
+    :meth:`evaluate_actions`). The tokens waiting are embedded together (in numpy: a table
+    lookup and one product, :class:`_DecodeWeights`); the keys and values of each layer are
+    written in place into one preallocated buffer; candidates of :meth:`evaluate_actions` sit in
+    scratch slots after the history, each seeing the history and itself; the last layer runs
+    its query, attention and MLP only for the rows read, and the final layer norm only on them.
     """
-
-    kv: Tensor  # the key-value buffer; set (and on growth read) by _allocate
 
     def __init__(self, model: Simulator, label: str | None = None) -> None:
         self.model = model
@@ -1052,7 +1031,9 @@ class Context:
         cfg = model.cfg
         self.max_tokens = TOKENS_PER_STEP * cfg.context_len
         self.length = 0  # tokens in the cache
-        self.embeddings = torch.zeros(self.max_tokens, cfg.n_embd)  # of the cached tokens, for refills
+        # the embeddings of the cached tokens, for refills
+        self.embeddings = np.zeros((self.max_tokens, cfg.n_embd), np.float32)
+        self.kv = np.zeros((cfg.n_layer, 0, 2 * cfg.n_embd), np.float32)
         self._allocate(self.max_tokens + 1)
         self.pending_rows: list[list[int]] = []  # per pending token: its 4 table rows
         self.pending_features: list[tuple[int, _Features]] = []  # (column, values), per token
@@ -1060,44 +1041,15 @@ class Context:
         self.timestep = -1
 
     def _allocate(self, slots: int) -> None:
-        """(Re)allocate the per-layer key-value buffer for ``slots`` tokens, keeping its content."""
+        """(Re)allocate the key-value buffer (L,slots,2C) for ``slots`` tokens, keeping its content:
+        per layer and slot the keys, then the values, heads as in qkv."""
         cfg = self.model.cfg
-        C, H = cfg.n_embd, cfg.n_head
-        # keys [..., :C], values [..., C:2C], heads as in qkv; one head: projected values [..., 2C:]
-        kv = torch.zeros(cfg.n_layer, slots, (3 if H == 1 else 2) * C)
-        if hasattr(self, "kv"):
-            kv[:, : self.kv.shape[1]] = self.kv
+        kv = np.zeros((cfg.n_layer, slots, 2 * cfg.n_embd), np.float32)
+        kv[:, : self.kv.shape[1]] = self.kv
         self.kv = kv
-        self.slots = slots
-        # (slots, 2C or 3C) per layer; indexing, not unbind: its views may not be written under grad mode
-        self.kv_layers = [kv[layer] for layer in range(cfg.n_layer)]
-        self.keys = [z[:, :C].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]  # (H,slots,hd)
-        self.values = [z[:, C : 2 * C].view(slots, H, C // H).transpose(0, 1) for z in self.kv_layers]
-        self.keys_t = [z[:, :C].t() for z in self.kv_layers]  # (C,slots), for one head
-        self.projected_values = [z[:, 2 * C :] for z in self.kv_layers]  # (slots,C), for one head
-        self._masks: dict[tuple[int, int, int], Tensor] = {}
 
-    def _mask(self, start: int, committed: int, candidates: int) -> Tensor:
-        """(committed + candidates, slots) additive attention mask, 0 where seen and -inf elsewhere.
-
-        The rows are tokens at slots start, start+1, ...: a committed token sees the slots before
-        ``start`` and the committed tokens up to itself; a candidate after them sees all of
-        those and itself, no other candidate. Built once per shape and reused."""
-        key = (start, committed, candidates)
-        mask = self._masks.get(key)
-        if mask is None:
-            n, end = committed + candidates, start + committed
-            seen = torch.zeros(n, self.slots, dtype=torch.bool)
-            seen[:, :start] = True
-            seen[:committed, start:end] = torch.ones(committed, committed, dtype=torch.bool).tril()
-            seen[committed:, start:end] = True
-            seen[committed:, end : end + candidates] = torch.eye(candidates, dtype=torch.bool)
-            mask = torch.zeros(n, self.slots).masked_fill_(~seen, -math.inf)
-            self._masks[key] = mask
-        return mask
-
-    def _run(self, x: Tensor, candidates: int = 0) -> Tensor:
-        """Embeddings (n,d) at slots length.. -> last-layer states before the final norm.
+    def _run(self, x: np.ndarray, candidates: int = 0) -> Tensor:
+        """Embeddings (n,d) at slots length.. -> final states (after the last norm) of the rows read.
 
         The last ``candidates`` rows are scratch: each sees the history, the rows before them and
         itself, and nothing keeps them. Only the last committed row's state is ever read, so the
@@ -1106,53 +1058,33 @@ class Context:
         Committed keys and values stay in the cache; the caller advances ``length``."""
         n = x.shape[0]
         start = self.length
-        if start + n > self.slots:
+        if start + n > self.kv.shape[1]:
             self._allocate(start + n)
         committed = n - candidates
-        mask = self._mask(start, committed, candidates)
         read = max(committed - 1, 0)  # the first row the last layer computes
-        # On a few rows oneDNN's GELU costs ~12 us more per call than ATen's (4x512: 17 us against 5
-        # here), a tenth of a dt action; at training sizes the two take the same time, so the flag
-        # is only lowered for this pass (the typed functions behind ``torch.backends.mkldnn.enabled``).
-        onednn = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)
-        try:
-            return self._layers(x, start, mask, read)
-        finally:
-            torch._C._set_mkldnn_enabled(onednn)
+        w = self.weights
+        h = decode_layers(
+            x,
+            start,
+            committed,
+            read,
+            self.kv,
+            w.norms,
+            w.eps,
+            w.qkv_w,
+            w.qkv_b,
+            w.proj_w,
+            w.proj_b,
+            w.fc_w,
+            w.fc_b,
+            w.out_w,
+            w.out_b,
+            self.model.cfg.n_head,
+        )
+        layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
+        return torch.from_numpy(h)
 
-    def _layers(self, x: Tensor, start: int, mask: Tensor, read: int) -> Tensor:
-        """:meth:`_run`'s transformer layers: rows from slot ``start``, the last layer from row ``read``."""
-        n, C = x.shape
-        H = self.model.cfg.n_head
-        scale = (C // H) ** -0.5
-        last = len(self.weights.layers) - 1
-        for layer, (w1, b1, wqkv, bqkv, wp, bp, w2, b2, wfc, bfc, wout, bout) in enumerate(
-            self.weights.layers
-        ):
-            eps1, eps2 = self.weights.eps[layer]
-            qkv = torch.addmm(bqkv, F.layer_norm(x, (C,), w1, b1, eps1), wqkv)  # (n,3C); one head (n,4C)
-            self.kv_layers[layer].narrow(0, start, n).copy_(qkv[:, C:])
-            if layer == last and read:
-                qkv, x, mask = qkv[read:], x[read:], mask[read:]
-            if H == 1:  # (rows,C) x (C,slots): the keys' transposed view, no copy
-                scores = torch.addmm(mask, qkv[:, :C], self.keys_t[layer], alpha=scale)
-                x = torch.addmm(x, torch.softmax(scores, -1), self.projected_values[layer])
-            else:
-                rows = x.shape[0]
-                q = qkv[:, :C].view(rows, H, C // H).transpose(0, 1)  # (H,rows,hd)
-                scores = torch.baddbmm(mask, q, self.keys[layer].transpose(1, 2), alpha=scale)
-                y = torch.bmm(torch.softmax(scores, -1), self.values[layer]).transpose(0, 1).reshape(rows, C)
-                x = torch.addmm(bp, y, wp).add_(x)
-            h = F.gelu(torch.addmm(bfc, F.layer_norm(x, (C,), w2, b2, eps2), wfc))
-            x = torch.addmm(bout, h, wout).add_(x)
-        return x
-
-    def _final_norm(self, x: Tensor) -> Tensor:
-        ln = self.model.ln_f
-        return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
-
-    def _embed(self, rows: list[list[int]], features: list[tuple[int, _Features]]) -> Tensor:
+    def _embed(self, rows: list[list[int]], features: list[tuple[int, _Features]]) -> np.ndarray:
         """Token rows and continuous features -> embeddings (n,d)."""
         weights = self.weights
         weights.refresh()
@@ -1165,7 +1097,8 @@ class Context:
                 bag[i] += values
         # In numpy: on 3 rows the lookup with its sum takes ~7 us and the product ~3, against ~17 for
         # torch's embedding and sum and ~11 for its addmm (measured on the reference size).
-        return torch.from_numpy(bag + x @ weights.features_weight)
+        embedded: np.ndarray = bag + x @ weights.features_weight
+        return embedded
 
     def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
         w = self.weights
@@ -1207,8 +1140,8 @@ class Context:
         x = self._embed(self.pending_rows + rows, self.pending_features + features)
         self.pending_rows, self.pending_features = [], []
         if pending:
-            self.embeddings.narrow(0, self.length, pending).copy_(x if m == 0 else x[:pending])
-        h = self._final_norm(self._run(x, candidates=m))
+            self.embeddings[self.length : self.length + pending] = x[:pending]
+        h = self._run(x, candidates=m)
         self.length += pending
         if m == 0:
             self.last_hidden = h
@@ -1217,17 +1150,17 @@ class Context:
             self.last_hidden, h = h[:1], h[1:]
         return h
 
-    def _refill(self, new: Tensor) -> None:
+    def _refill(self, new: np.ndarray) -> None:
         """The cache is full: keep the newest whole steps (and the step begun) with ``new``, rebuild it from them."""
-        tokens = torch.cat([self.embeddings[: self.length], new])
+        tokens = np.concatenate([self.embeddings[: self.length], new])
         keep_steps = self.model.cfg.context_len // 2
         partial = tokens.shape[0] % TOKENS_PER_STEP
         kept = tokens[max(tokens.shape[0] - partial - TOKENS_PER_STEP * keep_steps, 0) :]
         if kept.shape[0] > self.embeddings.shape[0]:
-            self.embeddings = torch.zeros_like(kept)
+            self.embeddings = np.zeros_like(kept)
         self.embeddings[: kept.shape[0]] = kept
         self.length = 0
-        self.last_hidden = self._final_norm(self._run(kept))
+        self.last_hidden = self._run(kept)
         self.length = kept.shape[0]
 
     @property
@@ -1318,9 +1251,12 @@ class Context:
         self.hidden()
         length = self.length
         cache = KVCache(self.model.cfg, batch=n, max_tokens=length + extra_tokens)
-        for layer in range(self.model.cfg.n_layer):  # (1,H,L,hd) -> batch n
-            cache.k[layer, :, :, :length] = self.keys[layer][:, :length]
-            cache.v[layer, :, :, :length] = self.values[layer][:, :length]
+        cfg = self.model.cfg
+        C, H = cfg.n_embd, cfg.n_head
+        kv = torch.from_numpy(self.kv[:, :length])  # (L,length,2C)
+        for layer in range(cfg.n_layer):  # (length,C) -> (H,length,hd), batch n
+            cache.k[layer, :, :, :length] = kv[layer, :, :C].view(length, H, C // H).transpose(0, 1)
+            cache.v[layer, :, :, :length] = kv[layer, :, C:].view(length, H, C // H).transpose(0, 1)
         cache.length = length
         return Rollout(self.model, cache, self.timestep, self.label)
 

@@ -1,0 +1,207 @@
+"""The decoder's transformer pass at batch 1, compiled (numba): what :class:`~simagents.model.Context` runs.
+
+At batch 1 an action pushes about four tokens through the transformer. Through torch that is
+some 35 operator calls, each a few microseconds of dispatch, and matrix products that MKL runs
+at a third of the core's speed on so few rows. Here the whole pass is one compiled call: every
+linear layer reads its weight once for up to four rows at a time (four dot products share each
+load, which keeps the core's FMA units busy), and the small steps between (layer norms, GELU,
+attention over the cached keys) run in the same loops, with no temporaries allocated per call.
+
+The arithmetic is the model's, in float32, so the outputs equal the torch forward pass to
+float32 rounding (sums reassociated for SIMD); ``tests/test_model.py`` checks it against
+``Simulator.forward``. The first call in a process compiles (a few seconds) or loads the
+compiled code from numba's cache beside this file.
+
+Shapes: C the width, M the MLP width, L layers, n rows (tokens) in the pass, S cache slots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# Reassociation lets sums vectorise; no "nnan"/"ninf": nothing here relies on those being absent.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _compiled(fn: _F) -> _F:
+    return cast(_F, numba.njit(fastmath=_FAST, cache=True, nogil=True)(fn))
+
+
+@_compiled
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out (n,O) = x (n,I) @ w.T + b, with w (O,I) as torch stores it: four rows share each weight load."""
+    n = x.shape[0]
+    n_out, n_in = w.shape
+    r = 0
+    while r + 4 <= n:
+        x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+        for j in range(n_out):
+            wj = w[j]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(n_in):
+                wi = wj[i]
+                a0 += x0[i] * wi
+                a1 += x1[i] * wi
+                a2 += x2[i] * wi
+                a3 += x3[i] * wi
+            out[r, j] = a0 + b[j]
+            out[r + 1, j] = a1 + b[j]
+            out[r + 2, j] = a2 + b[j]
+            out[r + 3, j] = a3 + b[j]
+        r += 4
+    while r + 2 <= n:
+        x0, x1 = x[r], x[r + 1]
+        for j in range(n_out):
+            wj = w[j]
+            a0 = a1 = np.float32(0.0)
+            for i in range(n_in):
+                a0 += x0[i] * wj[i]
+                a1 += x1[i] * wj[i]
+            out[r, j] = a0 + b[j]
+            out[r + 1, j] = a1 + b[j]
+        r += 2
+    if r < n:
+        x0 = x[r]
+        for j in range(n_out):
+            wj = w[j]
+            a0 = np.float32(0.0)
+            for i in range(n_in):
+                a0 += x0[i] * wj[i]
+            out[r, j] = a0 + b[j]
+
+
+@_compiled
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out (n,C) = LayerNorm(x (n,C)) with weight w and bias b (C,), biased variance as torch's."""
+    n, C = x.shape
+    for r in range(n):
+        mean = np.float32(0.0)
+        for j in range(C):
+            mean += x[r, j]
+        mean /= C
+        var = np.float32(0.0)
+        for j in range(C):
+            d = x[r, j] - mean
+            var += d * d
+        scale = np.float32(1.0 / math.sqrt(var / C + eps))
+        for j in range(C):
+            out[r, j] = (x[r, j] - mean) * scale * w[j] + b[j]
+
+
+@_compiled
+def gelu_(h: np.ndarray) -> None:
+    """h (n,M) <- GELU(h), the exact (erf) form torch's nn.GELU computes.
+
+    erf by Abramowitz and Stegun 7.1.28 (absolute error under 3e-7, float32 rounding): only
+    products and one division, so the loop vectorises where libm's erf would not."""
+    n, M = h.shape
+    for r in range(n):
+        for j in range(M):
+            u = h[r, j]
+            z = min(abs(u) * np.float32(0.70710678), np.float32(6.0))  # erf(6) is 1 in float32
+            p = np.float32(0.0000430638)
+            p = p * z + np.float32(0.0002765672)
+            p = p * z + np.float32(0.0001520143)
+            p = p * z + np.float32(0.0092705272)
+            p = p * z + np.float32(0.0422820123)
+            p = p * z + np.float32(0.0705230784)
+            p = p * z + np.float32(1.0)
+            p2 = p * p
+            p4 = p2 * p2
+            p8 = p4 * p4
+            erf = np.float32(1.0) - np.float32(1.0) / (p8 * p8)
+            h[r, j] = np.float32(0.5) * u * (np.float32(1.0) + (erf if u >= 0 else -erf))
+
+
+@_compiled
+def decode_layers(
+    x: np.ndarray,
+    start: int,
+    committed: int,
+    read: int,
+    kv: np.ndarray,
+    norms: np.ndarray,
+    eps: np.ndarray,
+    qkv_w: np.ndarray,
+    qkv_b: np.ndarray,
+    proj_w: np.ndarray,
+    proj_b: np.ndarray,
+    fc_w: np.ndarray,
+    fc_b: np.ndarray,
+    out_w: np.ndarray,
+    out_b: np.ndarray,
+    n_head: int,
+) -> np.ndarray:
+    """Embeddings x (n,C) of tokens at cache slots start.. -> last-layer states of rows read.. (n-read,C).
+
+    The first ``committed`` rows are the history's next tokens: each sees the slots before it and
+    itself. The rest are candidates: each sees the history (slots before start + committed) and
+    itself. Every row's keys and values are written to kv (L,S,2C: keys, then values, heads as in
+    qkv); the caller keeps the committed ones. The last layer computes queries, attention and MLP
+    for rows read.. alone. Weights are per layer as torch stores them: norms (L,4,C) ln1 w, b,
+    ln2 w, b; eps (L,2); qkv_w (L,3C,C), qkv_b (L,3C); proj_w (L,C,C), proj_b (L,C);
+    fc_w (L,M,C), fc_b (L,M); out_w (L,C,M), out_b (L,C)."""
+    n, C = x.shape
+    L, M = fc_w.shape[0], fc_w.shape[1]
+    hd = C // n_head
+    scale = np.float32(1.0 / math.sqrt(hd))
+    x = x.copy()
+    h = np.empty((n, C), np.float32)
+    qkv = np.empty((n, 3 * C), np.float32)
+    y = np.empty((n, C), np.float32)
+    mlp = np.empty((n, M), np.float32)
+    scores = np.empty(kv.shape[1], np.float32)
+    lo = 0
+    for layer in range(L):
+        layer_norm(x[lo:], norms[layer, 0], norms[layer, 1], eps[layer, 0], h[lo:])
+        if layer == L - 1 and read > 0:
+            # keys and values for every row, queries only for the rows read
+            linear(h, qkv_w[layer, C:], qkv_b[layer, C:], qkv[:, C:])
+            linear(h[read:], qkv_w[layer, :C], qkv_b[layer, :C], qkv[read:, :C])
+            lo = read
+        else:
+            linear(h, qkv_w[layer], qkv_b[layer], qkv)
+        cache = kv[layer]
+        for r in range(n):
+            cache[start + r] = qkv[r, C:]
+        for r in range(lo, n):
+            # a committed row sees slots [0, start + r]; a candidate [0, start + committed) and its own
+            seen = start + r + 1 if r < committed else start + committed
+            for head in range(n_head):
+                q = qkv[r, head * hd : (head + 1) * hd]
+                top = np.float32(-np.inf)
+                for t in range(seen + (0 if r < committed else 1)):
+                    slot = t if t < seen else start + r
+                    key = cache[slot, head * hd : (head + 1) * hd]
+                    s = np.float32(0.0)
+                    for i in range(hd):
+                        s += q[i] * key[i]
+                    s *= scale
+                    scores[t] = s
+                    top = max(top, s)
+                total = np.float32(0.0)
+                out = y[r, head * hd : (head + 1) * hd]
+                out[:] = 0.0
+                for t in range(seen + (0 if r < committed else 1)):
+                    slot = t if t < seen else start + r
+                    p = np.float32(math.exp(scores[t] - top))
+                    total += p
+                    value = cache[slot, C + head * hd : C + (head + 1) * hd]
+                    for i in range(hd):
+                        out[i] += p * value[i]
+                out *= np.float32(1.0) / total
+        linear(y[lo:], proj_w[layer], proj_b[layer], h[lo:])
+        x[lo:] += h[lo:]
+        layer_norm(x[lo:], norms[layer, 2], norms[layer, 3], eps[layer, 1], h[lo:])
+        linear(h[lo:], fc_w[layer], fc_b[layer], mlp[lo:])
+        gelu_(mlp[lo:])
+        linear(mlp[lo:], out_w[layer], out_b[layer], y[lo:])
+        x[lo:] += y[lo:]
+    return x[lo:]
