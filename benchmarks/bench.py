@@ -23,8 +23,9 @@ and runs 20-50x slower than alone, for both models, which measures the scheduler
 two transformer passes per decision. ``edt16_discrete_ms`` is the same model with 16 Discrete
 actions: the candidates are known in advance and run in the pass of the step's own tokens.
 
-``act_torch_ops`` counts torch operator calls per action (top-level aten ops under torch.profiler):
-at batch 1 an action costs mostly per-call overhead, so it explains ``act_ms``. ``train_compiled_*``
+``act_torch_ops`` counts torch operator calls per action (top-level aten ops under torch.profiler),
+each a few microseconds of dispatch at batch 1; our transformer pass is one compiled numba call
+(``simagents.kernels``), which the count does not see. ``train_compiled_*``
 is our training step with the loss under ``torch.compile`` (inductor, needs a C++ compiler; skip with
 ``--no-compile``), timed interleaved with the eager step: its compile seconds and its speed.
 

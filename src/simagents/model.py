@@ -52,8 +52,8 @@ inside the model, so callers pass raw environment values.
 :class:`Context` is the incremental decoder for acting: a preallocated KV cache
 holding at most ``context_len`` timesteps; when it is full it keeps the newest
 half and refills the cache from their stored embeddings, so every step is
-exactly the full forward pass over the window it holds, at amortised cost of
-about one timestep per step.
+the full forward pass over the window it holds (to float32 rounding: the pass is compiled,
+:mod:`simagents.kernels`), at amortised cost of about one timestep per step.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ import torch.nn.functional as F
 from minari.serialization import deserialize_space, serialize_space
 from torch import Tensor, nn
 
-from simagents.kernels import decode_layers, layer_norm
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_bytes, atomic_write_json, from_dict, read_json, to_dict
+from simagents.kernels import decode_layers, layer_norm
 
 TOKENS_PER_STEP = 4  # o, R, a, r
 SCHEMA_VERSION = 1  # of config.json; bump when the architecture's parameters change meaning
