@@ -9,8 +9,9 @@ attention over the cached keys) run in the same loops, with no temporaries alloc
 
 The arithmetic is the model's, in float32, so the outputs equal the torch forward pass to
 float32 rounding (sums reassociated for SIMD); ``tests/test_model.py`` checks it against
-``Simulator.forward``. The first call in a process compiles (a few seconds) or loads the
-compiled code from numba's cache beside this file.
+``Simulator.forward``. The first call in a process compiles (about 6 s) or loads the
+compiled code from numba's cache beside this file (or, where that is read-only, in the user's
+cache; ``NUMBA_CACHE_DIR`` picks another folder).
 
 Shapes: C the width, M the MLP width, L layers, n rows (tokens) in the pass, S cache slots.
 """
