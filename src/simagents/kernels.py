@@ -173,12 +173,14 @@ def decode_layers(
         for r in range(n):
             cache[start + r] = qkv[r, C:]
         for r in range(lo, n):
-            # a committed row sees slots [0, start + r]; a candidate [0, start + committed) and its own
+            # a committed row sees slots [0, start + r]; a candidate [0, start + committed), then its
+            # own slot start + r as its last score
             seen = start + r + 1 if r < committed else start + committed
+            span = seen if r < committed else seen + 1
             for head in range(n_head):
                 q = qkv[r, head * hd : (head + 1) * hd]
                 top = np.float32(-np.inf)
-                for t in range(seen + (0 if r < committed else 1)):
+                for t in range(span):
                     slot = t if t < seen else start + r
                     key = cache[slot, head * hd : (head + 1) * hd]
                     s = np.float32(0.0)
@@ -190,7 +192,7 @@ def decode_layers(
                 total = np.float32(0.0)
                 out = y[r, head * hd : (head + 1) * hd]
                 out[:] = 0.0
-                for t in range(seen + (0 if r < committed else 1)):
+                for t in range(span):
                     slot = t if t < seen else start + r
                     p = np.float32(math.exp(scores[t] - top))
                     total += p
