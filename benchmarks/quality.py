@@ -2,9 +2,10 @@
 
 Our side is the product as a user runs it: ``collect`` (mixed-skill CartPole population),
 ``train`` with its defaults, then the ``dt`` and ``edt`` agents. d3rlpy's
-``DiscreteDecisionTransformer`` gets the same episodes, the same number of updates and batch,
-context and width (K=20, 128, 3 layers, 1 head), its own defaults otherwise, and the same return
-target (the best episode return in the data). Every agent plays the same seeded episodes.
+``DiscreteDecisionTransformer`` gets the same episodes, the same number of updates (each budget
+of :data:`UPDATES`) and batch, context and width (K=20, 128, 3 layers, 1 head), its own
+defaults otherwise, and the same return target (the best episode return in the data). Every
+agent plays the same seeded episodes.
 Imported by bench.py with ``--quality``; it needs d3rlpy, so it runs in benchmarks/.venv.
 """
 
@@ -20,12 +21,16 @@ import torch
 
 from simagents.agents import evaluate, make_agent
 from simagents.data.collect import CollectConfig, collect
-from simagents.data.minari_io import load_dataset
+from simagents.data.minari_io import Dataset, load_dataset
 from simagents.model import Simulator, SimulatorConfig
 from simagents.train import TrainConfig, train
 
 ENV = "CartPole-v1"
 EVAL_SEED = 10_000
+BATCH = 64
+UPDATES = (125, 250, 500, 1000)
+"""Budgets of updates compared: at 1,000 all three reach CartPole's ceiling (500), so the
+shorter ones are where they can differ."""
 
 
 def d3rlpy_dataset(episodes: list) -> d3rlpy.dataset.MDPDataset:
@@ -60,28 +65,13 @@ def summary(returns: list[float]) -> dict[str, float]:
     return {"mean": round(float(np.mean(returns)), 1), "std": round(float(np.std(returns)), 1)}
 
 
-def quality(quick: bool = False) -> dict[str, object]:
-    episodes, steps, eval_episodes = (60, 100, 3) if quick else (300, 1000, 20)
-    model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
-    with tempfile.TemporaryDirectory() as tmp:
-        data = collect(
-            CollectConfig(env=ENV, out=Path(tmp) / "data", policy="mixed", episodes=episodes, seed=0)
-        )
-        dataset = load_dataset(data)
-        target = float(dataset.returns.max())
-        train(TrainConfig(data=(str(data),), out=Path(tmp) / "run", model=model, steps=steps), progress=False)
-        simulator = Simulator.load(Path(tmp) / "run")
-    env = gym.make(ENV)
-    ours = {
-        name: evaluate(make_agent(name, simulator, **options), env, eval_episodes, seed=EVAL_SEED).returns
-        # dt samples at temperature 1 here, as d3rlpy's default softmax action sampler does.
-        for name, options in (("dt", {"target": target, "temperature": 1.0}), ("edt", {}))
-    }
-
+def train_d3rlpy(
+    dataset: Dataset, model: SimulatorConfig, updates: int
+) -> d3rlpy.algos.DiscreteDecisionTransformer:
     d3rlpy.seed(0)
     torch.manual_seed(0)
     algo = d3rlpy.algos.DiscreteDecisionTransformerConfig(
-        batch_size=64,
+        batch_size=BATCH,
         context_size=model.context_len,
         max_timestep=int(max(len(e) for e in dataset.episodes)) + 1,
         num_heads=model.n_head,
@@ -92,13 +82,51 @@ def quality(quick: bool = False) -> dict[str, object]:
     ).create(device="cpu:0")
     algo.fit(
         d3rlpy_dataset(dataset.episodes),
-        n_steps=steps,
-        n_steps_per_epoch=steps,
+        n_steps=updates,
+        n_steps_per_epoch=updates,
         show_progress=False,
-        save_interval=steps + 1,
+        save_interval=updates + 1,
         logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
     )
-    theirs = play_d3rlpy(algo, target, eval_episodes)
+    return algo
+
+
+def quality(quick: bool = False, updates: tuple[int, ...] = UPDATES) -> dict[str, object]:
+    """Returns of the three agents after each number of updates in ``updates``, every one
+    trained afresh for that many (so each gets its whole learning-rate schedule). ``quick``:
+    50 and 100 updates on 60 episodes, 3 played each, to check the plumbing."""
+    episodes, eval_episodes = (60, 3) if quick else (300, 20)
+    if quick:
+        updates = (50, 100)
+    model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
+    env = gym.make(ENV)
+    by_updates: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = collect(
+            CollectConfig(env=ENV, out=Path(tmp) / "data", policy="mixed", episodes=episodes, seed=0)
+        )
+        dataset = load_dataset(data)
+        target = float(dataset.returns.max())
+        for steps in updates:
+            run = Path(tmp) / f"run{steps}"
+            train(
+                TrainConfig(data=(str(data),), out=run, model=model, steps=steps, batch_size=BATCH),
+                progress=False,
+            )
+            simulator = Simulator.load(run)
+            ours = {
+                name: evaluate(
+                    make_agent(name, simulator, **options), env, eval_episodes, seed=EVAL_SEED
+                ).returns
+                # dt samples at temperature 1 here, as d3rlpy's default softmax action sampler does.
+                for name, options in (("dt", {"target": target, "temperature": 1.0}), ("edt", {}))
+            }
+            theirs = play_d3rlpy(train_d3rlpy(dataset, model, steps), target, eval_episodes)
+            by_updates[str(steps)] = {
+                "simagents_dt": summary(ours["dt"]),
+                "simagents_edt": summary(ours["edt"]),
+                "d3rlpy_dt": summary(theirs),
+            }
     return {
         "env": ENV,
         "data": {
@@ -106,12 +134,7 @@ def quality(quick: bool = False) -> dict[str, object]:
             "mean_return": round(float(dataset.returns.mean()), 1),
             "max_return": target,
         },
-        "updates": steps,
-        "batch": 64,
+        "batch": BATCH,
         "eval_episodes": eval_episodes,
-        "returns": {
-            "simagents_dt": summary(ours["dt"]),
-            "simagents_edt": summary(ours["edt"]),
-            "d3rlpy_dt": summary(theirs),
-        },
+        "returns_by_updates": by_updates,
     }
