@@ -152,11 +152,12 @@ def test_the_default_budget_shows_simulated_players_and_agents(tmp_path: Path) -
     average and blunders less (0.863 and 0.003 against 0.44 and 0.076), and so do edt by its
     action-value head (0.647, 0.013; 0.700) and by Bayes' rule over the policy (0.783, 0.011;
     0.740); sampled instead of its mode, dt still does (0.653 and 0.023; 0.610 and 0.028). rl,
-    fine-tuned from the unconditioned imitator, wins more often than every agent that samples
-    its policy (0.787; 0.807, the expert label 0.677; 0.653, dt sampled above) and collapses the
-    distribution it simulated: move entropy 0.10 (0.17) against the imitator's 1.11, sampled
-    dt's 0.62 (0.67) and every label's 0.42 or more, KL to the data 0.42 (0.34) against the
-    imitator's 0.03 and sampled dt's 0.10 (0.10). The player probe on the
+    fine-tuned from the unconditioned imitator (the transformer too, at 3e-5; rl's figures from
+    2026-12-05), wins more often than every agent that samples its policy (0.827; 0.840, the
+    expert label 0.677; 0.653, dt sampled above) and collapses the distribution it simulated:
+    move entropy 0.06 (0.04) against the imitator's 1.11, sampled dt's 0.62 (0.67) and every
+    label's 0.42 or more, KL to the data 0.45 (0.47) against the imitator's 0.03 and sampled
+    dt's 0.10 (0.10). The player probe on the
     hidden states beats chance by a wide margin and the raw board (0.451 against 0.170 and
     0.422; 0.476 against 0.230 and 0.412)."""
     labels = ["imitation[random]", "imitation[novice]", "imitation[expert]"]
