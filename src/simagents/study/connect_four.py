@@ -213,8 +213,9 @@ class ConnectFourBudget:
 
 
 BUDGETS = {
-    # About 20 minutes at one thread on the AMD EPYC (1,200-1,300 s, 2026-12-04, ten planes,
-    # sharing the 2 cores with another run: data 122 s, training 884-919 s, rl about 100 s).
+    # About 24 minutes at one thread on the AMD EPYC (1,410-1,465 s, 2026-12-05, sharing the 2
+    # cores with another run: data 126-128 s, training 966-1,016 s, rl 209-213 s with the body
+    # learning too; 1,200-1,300 s on 2026-12-04 with the head alone, rl about 100 s).
     "default": ConnectFourBudget(),
     # Twice the default's games and steps: 37 min at one thread (2,241 / 2,245 s at seeds 0 / 1,
     # 2026-12-05, sharing the 2 cores: data 248 s, training 1,834-1,842 s). The expert label
