@@ -1,7 +1,8 @@
 """Quality beside d3rlpy's discrete Decision Transformer: same CartPole data, same number of updates.
 
 Our side is the product as a user runs it: ``collect`` (mixed-skill CartPole population),
-``train`` with its defaults, then the ``dt`` and ``edt`` agents. d3rlpy's
+``train`` with its defaults, then the ``dt`` and ``edt`` agents (``edt`` twice: by its action-value
+head and by Bayes' rule, ``value="bayes"``). d3rlpy's
 ``DiscreteDecisionTransformer`` gets the same episodes, the same number of updates (each budget
 of :data:`UPDATES`) and batch, context and width (K=20, 128, 3 layers, 1 head), its own
 defaults otherwise, and the same return target (the best episode return in the data). Every
@@ -31,6 +32,16 @@ BATCH = 64
 UPDATES = (125, 250, 500, 1000)
 """Budgets of updates compared: at 1,000 all three reach CartPole's ceiling (500), so the
 shorter ones are where they can differ."""
+
+
+def our_agents(target: float) -> dict[str, tuple[str, dict[str, object]]]:
+    """Our agents in the comparison, by the key their returns get (``simagents_KEY``): agent, options."""
+    return {
+        # dt samples at temperature 1 here, as d3rlpy's default softmax action sampler does.
+        "dt": ("dt", {"target": target, "temperature": 1.0}),
+        "edt": ("edt", {}),  # the action-value head
+        "edt_bayes": ("edt", {"value": "bayes"}),  # Bayes' rule over the return-prompted policy
+    }
 
 
 def d3rlpy_dataset(episodes: list) -> d3rlpy.dataset.MDPDataset:
@@ -92,7 +103,7 @@ def train_d3rlpy(
 
 
 def quality(quick: bool = False, updates: tuple[int, ...] | None = None) -> dict[str, object]:
-    """Returns of the three agents after each number of updates in ``updates`` (default
+    """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
     learning-rate schedule). ``quick``: 60 episodes, 3 played each, by default after 50 and 100
     updates: a check of the plumbing."""
@@ -115,16 +126,14 @@ def quality(quick: bool = False, updates: tuple[int, ...] | None = None) -> dict
             )
             simulator = Simulator.load(run)
             ours = {
-                name: evaluate(
+                key: evaluate(
                     make_agent(name, simulator, **options), env, eval_episodes, seed=EVAL_SEED
                 ).returns
-                # dt samples at temperature 1 here, as d3rlpy's default softmax action sampler does.
-                for name, options in (("dt", {"target": target, "temperature": 1.0}), ("edt", {}))
+                for key, (name, options) in our_agents(target).items()
             }
             theirs = play_d3rlpy(train_d3rlpy(dataset, model, steps), target, eval_episodes)
             by_updates[str(steps)] = {
-                "simagents_dt": summary(ours["dt"]),
-                "simagents_edt": summary(ours["edt"]),
+                **{f"simagents_{key}": summary(returns) for key, returns in ours.items()},
                 "d3rlpy_dt": summary(theirs),
             }
     return {

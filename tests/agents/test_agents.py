@@ -280,6 +280,52 @@ def test_bayes_rule_over_the_return_conditioned_policy_values_each_arm(tmp_path:
     assert agent.episode_metrics()["predicted_return"] == pytest.approx(win_rates[best], abs=0.12)
 
 
+def test_return_hypotheses_merge_neighbouring_bins_into_groups_of_equal_probability():
+    from simagents.agents.planner import return_hypotheses
+
+    bins = torch.linspace(0.0, 100.0, 101)
+    spread = torch.full((101,), 1 / 101)
+    prior, returns = return_hypotheses(spread, bins)  # no cap: every bin over the threshold
+    assert torch.equal(returns, bins) and torch.equal(prior, spread)
+    prior, returns = return_hypotheses(spread, bins, max_hypotheses=4)
+    assert returns.shape == prior.shape == (4,)
+    assert torch.all(returns.diff() > 0)
+    assert prior.sum() == pytest.approx(1.0) and prior.numpy() == pytest.approx(0.25, abs=0.01)
+    # Merging keeps the prior's mean return: the posterior mean of an action the policy gives
+    # every return alike is the same as without the cap.
+    assert float((prior * returns).sum()) == pytest.approx(50.0, abs=1e-3)
+    # A bin heavier than a group's share is a group of its own; no group is empty.
+    peaked = torch.full((101,), 0.3 / 100).index_put_((torch.tensor([70]),), torch.tensor(0.7))
+    prior, returns = return_hypotheses(peaked, bins, max_hypotheses=4)
+    assert 70.0 in returns.tolist() and torch.all(prior > 0) and returns.shape[0] <= 4
+    assert prior.max() == pytest.approx(0.7)
+    # Under the cap nothing changes.
+    few = torch.zeros(101).index_put_((torch.tensor([10, 20, 30]),), torch.tensor([0.2, 0.5, 0.3]))
+    prior, returns = return_hypotheses(few, bins, max_hypotheses=4)
+    assert returns.tolist() == [10.0, 20.0, 30.0] and prior.tolist() == pytest.approx([0.2, 0.5, 0.3])
+
+
+@pytest.mark.parametrize(("win_rates", "best"), [((0.8, 0.3), 0), ((0.2, 0.7), 1)])
+def test_one_return_hypothesis_leaves_no_evidence_and_more_recover_the_uncapped_values(
+    tmp_path: Path, win_rates, best
+):
+    from simagents.agents.planner import Trajectory, bayes_action_values
+
+    model = bandit_simulator(tmp_path, win_rates)
+    trajectory = Trajectory([torch.tensor(0)], [], [])
+    with torch.no_grad():
+        uncapped = bayes_action_values(model, trajectory, torch.arange(2)).numpy()
+        # One hypothesis: the posterior is the prior whatever the action: both arms score alike.
+        one = bayes_action_values(model, trajectory, torch.arange(2), max_hypotheses=1).numpy()
+        # Two (a loss and a win, the bandit's two outcomes): the arms' values as without the cap.
+        two = bayes_action_values(model, trajectory, torch.arange(2), max_hypotheses=2).numpy()
+    assert one[0] == pytest.approx(one[1], abs=1e-6)
+    assert two == pytest.approx(uncapped, abs=0.02)
+    agent = make_agent("edt", model, value="bayes", hypotheses=2)
+    agent.reset(seed=0)
+    assert agent.act(0) == best
+
+
 def test_bayes_rule_is_for_evidence_and_the_step_itself():
     model = hand_set_planner_model([1.0, 3.0, -2.0])
     with pytest.raises(SimagentsError, match="intervention"):
@@ -288,6 +334,8 @@ def test_bayes_rule_is_for_evidence_and_the_step_itself():
         make_agent("edt", model, value="bayes", horizon=2)
     with pytest.raises(SimagentsError, match="value must be one of head, bayes"):
         make_agent("edt", model, value="posterior")
+    with pytest.raises(SimagentsError, match="hypotheses must be >= 0"):
+        make_agent("edt", model, value="bayes", hypotheses=-1)
 
 
 @pytest.mark.parametrize(("obs_space", "act_space"), [(BOX_OBS, DISCRETE_ACT), (BOX_OBS, BOX_ACT)])
