@@ -35,13 +35,7 @@ Scoring, by ``horizon``:
   P(R | h, a) ∝ P(R | h) · P(a | h, R), with P(R | h) the value head at o_t (return unknown)
   and P(a | h, R) the policy head prompted with each return R that P(R | h) gives weight
   (the Decision Transformer's own head, trained on every window that shows its return), and
-  the candidate scored by the posterior mean of R. Each return prompted is a row of one more
-  pass over the window, so ``hypotheses`` (default 8) caps them: where P(R | h) spreads over
-  more bins, neighbouring ones merge into that many groups of equal probability
-  (:func:`return_hypotheses`). On CartPole (returns 0-500, 201 bins), after 250 updates on the
-  quality benchmark's data, 20 episodes: mean return 328 at 12 ms a decision with 8, 332 with
-  16, against about 270 ms a decision uncapped; Connect Four's returns (-1, 0, 1) keep at most
-  5 bins, so the cap never merges there. It is the same evidential quantity
+  the candidate scored by the posterior mean of R. It is the same evidential quantity
   E[R | h, a] as the action-value head's, read from the heads that learn most: on the Connect
   Four testbed's quick-study simulator (100 games against the reference opponent) the
   action-value head's argmax won 0.18 with 0.108 blunders per move, Bayes' rule 0.51 with 0.040
@@ -50,6 +44,13 @@ Scoring, by ``horizon``:
   head learns P(R | h) from every episode, the policy only from actions that are evidence,
   so with interventional episodes in the data the prior is the mixture's (in the twin
   prisoner's dilemma, trained on both, it defects where the action-value head cooperates).
+  Each return prompted is a row of one more pass over the window, so ``hypotheses``
+  (default 8) caps them: where P(R | h) spreads over more bins, neighbouring ones merge into
+  that many groups of equal probability (:func:`return_hypotheses`). On CartPole (returns
+  0-500, 201 bins), after 250 updates on the quality benchmark's data, 20 episodes: mean
+  return 328 at 12 ms a decision with 8, 332 with 16, against 170-270 ms a decision uncapped
+  (305 over its first 5 episodes, 307 capped). With Connect Four's returns (-1, 0, 1) the
+  default-budget simulator kept at most 5 of its 21 bins (20 games), so the cap did not merge.
 - ``horizon=H``: roll the simulator's own world model H steps forward from each
   candidate (trajectory-transformer style) and score it by the predicted rewards of
   those steps plus the value head's expected return at the last predicted
