@@ -17,6 +17,7 @@ from simagents.agents.rl import (
     episode_features,
     episode_windows,
     finetune,
+    gae_advantages,
 )
 from simagents.errors import SimagentsError
 from simagents.model import Simulator
@@ -148,10 +149,42 @@ def test_discounted_returns() -> None:
     np.testing.assert_allclose(discounted_returns([1.0, 0.0, 2.0], 0.0), [1.0, 0.0, 2.0])
 
 
+def test_gae_advantages_span_lambda_from_td_error_to_return_minus_value() -> None:
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, -1.0])  # two episodes: 3 steps, then 2
+    values = torch.tensor([0.2, 0.4, 0.6, -0.1, -0.5])
+    lengths, gamma = [3, 2], 0.9
+    # lambda 1: the discounted return minus the value, each episode on its own.
+    returns = torch.tensor(
+        np.concatenate([discounted_returns([0.0, 0.0, 1.0], gamma), discounted_returns([0.0, -1.0], gamma)])
+    )
+    torch.testing.assert_close(gae_advantages(values, rewards, lengths, gamma, 1.0), returns.float() - values)
+    # lambda 0: the one-step surprise r + gamma V(next) - V, with no value after an episode's end.
+    td = torch.tensor(
+        [0.0 + 0.9 * 0.4 - 0.2, 0.0 + 0.9 * 0.6 - 0.4, 1.0 - 0.6, 0.0 + 0.9 * -0.5 + 0.1, -1.0 + 0.5]
+    )
+    torch.testing.assert_close(gae_advantages(values, rewards, lengths, gamma, 0.0), td)
+    # In between, each surprise is discounted by gamma * lambda per step: the first step at 0.5.
+    half = gae_advantages(values, rewards, lengths, gamma, 0.5)
+    assert float(half[0]) == pytest.approx(td[0] + 0.45 * td[1] + 0.45**2 * td[2])
+    assert float(half[3]) == pytest.approx(td[3] + 0.45 * td[4])
+
+
+def test_gae_finetune_learns_the_best_arm_of_a_sequence(tmp_path: Path) -> None:
+    # Three pulls per episode: the baseline's values of the next pulls enter each advantage.
+    for payoffs in ((0.0, 0.5, 1.0), (1.0, 0.5, 0.0)):
+        env = Bandit(DISCRETE_ACT, payoffs, steps=3)
+        out = tmp_path / f"rl{payoffs[0]}"
+        finetune(tiny_model(act_space=DISCRETE_ACT), env, out, replace(FAST, gae_lambda=0.5))
+        result = evaluate(make_agent("rl", Simulator.load(out)), env, episodes=20, seed=1)
+        assert np.mean(result.returns) > 0.8 * 3
+
+
 def test_bad_config_and_existing_out(tmp_path: Path) -> None:
     model, env = tiny_model(act_space=DISCRETE_ACT), Bandit(DISCRETE_ACT)
     with pytest.raises(SimagentsError, match="gamma"):
         finetune(model, env, tmp_path / "x", FinetuneConfig(gamma=1.5))
+    with pytest.raises(SimagentsError, match="gae_lambda"):
+        finetune(model, env, tmp_path / "x", FinetuneConfig(gae_lambda=-0.1))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "file").write_text("x")
     with pytest.raises(SimagentsError, match="not empty"):

@@ -78,6 +78,11 @@ class FinetuneConfig:
     """Weight of the penalty KL(fine-tuned || pre-trained policy), averaged over visited states."""
     gamma: float = 0.99
     """Discount of later rewards in each action's return (0: only its own step's reward counts)."""
+    gae_lambda: float = 1.0
+    """Generalised advantage estimation's lambda (Schulman et al. 2016): 1 scores each action by its
+    discounted return minus the baseline's value; below 1, by the baseline's value of the steps
+    that follow it as well, each step's surprise weighted by (gamma * lambda) per step away:
+    less variance where the reward comes only at the end, some bias from the baseline's errors."""
     max_steps: int = 0
     """Cut episodes after this many steps (0: play them to the env's own end)."""
     baseline_ridge: float = 1e-2
@@ -100,6 +105,8 @@ class FinetuneConfig:
             raise SimagentsError(
                 f"finetune: body_lr must be 0 (frozen) or a positive number, got {self.body_lr}"
             )
+        if not 0 <= self.gae_lambda <= 1:
+            raise SimagentsError(f"finetune: gae_lambda must lie in [0, 1], got {self.gae_lambda}")
         if not 0 <= self.gamma <= 1:
             raise SimagentsError(f"finetune: gamma must lie in [0, 1], got {self.gamma}")
         if self.kl_coef < 0 or self.clip <= 0 or self.baseline_ridge < 0 or self.max_steps < 0:
@@ -168,6 +175,23 @@ def discounted_returns(rewards: list[float], gamma: float) -> np.ndarray:
     for t in reversed(range(len(rewards))):
         running = rewards[t] + gamma * running
         out[t] = running
+    return out
+
+
+def gae_advantages(values: Tensor, rewards: Tensor, lengths: list[int], gamma: float, lam: float) -> Tensor:
+    """Generalised advantage per step (N,) from the baseline's values and the rewards (N,), the
+    steps episode by episode (``lengths``); after an episode's last step (ended or cut) the value is 0.
+    A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V_{t+1} - V_t; lam = 1 gives G_t - V_t."""
+    out = torch.zeros_like(values)
+    start = 0
+    for length in lengths:
+        running, next_value = 0.0, 0.0
+        for t in reversed(range(start, start + length)):
+            delta = float(rewards[t]) + gamma * next_value - float(values[t])
+            running = delta + gamma * lam * running
+            out[t] = running
+            next_value = float(values[t])
+        start += length
     return out
 
 
@@ -352,7 +376,13 @@ def _finetune(
                     episode_features(reference, windows) if train_body else features
                 )
                 old_log_prob = model.action_log_prob(features, batch.drawn)
-                advantage = batch.returns - baseline(features)
+                values = baseline(features)
+                if cfg.gae_lambda < 1:
+                    advantage = gae_advantages(
+                        values, batch.rewards, batch.episode_lengths, cfg.gamma, cfg.gae_lambda
+                    )
+                else:
+                    advantage = batch.returns - values
                 advantage = (advantage - advantage.mean()) / (advantage.std(unbiased=False) + 1e-8)
                 entropy_before, kl_before = policy_stats(model, model.action_params(features), ref_params)
             for _ in range(cfg.epochs):
