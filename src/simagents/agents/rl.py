@@ -15,7 +15,8 @@ way a PPO-style clipped objective rather than plain REINFORCE: with episodes the
 several epochs per batch of episodes pay off, and the ratio clip keeps those repeated steps from
 overshooting the policy that collected the batch. The baseline is learned: a linear regression of the
 discounted return on the same features, fitted on the *previous* batches (fitting it on the
-batch it scores would bias the gradient).
+batch it scores would bias the gradient). With ``gae_lambda`` < 1 each action's advantage also
+reads the baseline's values of the steps after it (generalised advantage estimation).
 
 Result: a normal simulator folder (``Simulator.save``: safetensors + JSON), plus
 ``finetune.json`` (the settings), ``metrics.jsonl`` (``rl/return``, ``rl/entropy``,
