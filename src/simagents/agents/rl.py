@@ -186,17 +186,17 @@ def gae_advantages(values: Tensor, rewards: Tensor, lengths: list[int], gamma: f
     """Generalised advantage per step (N,) from the baseline's values and the rewards (N,), the
     steps episode by episode (``lengths``); after an episode's last step (ended or cut) the value is 0.
     A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V_{t+1} - V_t; lam = 1 gives G_t - V_t."""
-    out = torch.zeros_like(values)
+    value, reward = values.tolist(), rewards.tolist()
+    out = [0.0] * len(value)
     start = 0
     for length in lengths:
         running, next_value = 0.0, 0.0
         for t in reversed(range(start, start + length)):
-            delta = float(rewards[t]) + gamma * next_value - float(values[t])
-            running = delta + gamma * lam * running
+            running = reward[t] + gamma * next_value - value[t] + gamma * lam * running
             out[t] = running
-            next_value = float(values[t])
+            next_value = value[t]
         start += length
-    return out
+    return torch.tensor(out, dtype=values.dtype)
 
 
 class LinearBaseline:
