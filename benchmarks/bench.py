@@ -64,6 +64,7 @@ from simagents.data.windows import WindowSampler
 from simagents.io import atomic_write_json
 from simagents.model import TOKENS_PER_STEP, Simulator, SimulatorConfig, Statistics
 from simagents.threads import set_threads
+from simagents.train import step_arithmetic
 
 OBS, ACT = 11, 3
 REFERENCE = {"n_embd": 128, "context_len": 20, "n_layer": 3, "n_head": 1, "mlp_ratio": 4, "batch": 64}
@@ -147,11 +148,15 @@ def synthetic_sampler(context_len: int, episodes: int = 8, length: int = 300) ->
 
 
 def training_steps(
-    context_len: int, n_embd: int, batch: int, with_hf: bool
+    context_len: int, n_embd: int, batch: int, with_hf: bool, precision: str = "fp32"
 ) -> tuple[Callable[[], None], Callable[[], None] | None, dict[str, float]]:
     """One real training step (forward, backward, AdamW) of ours and of HF's on the same windows.
 
-    Also returns the FLOPs of each step, counted by torch's FlopCounterMode (matmuls and attention)."""
+    ``precision="bf16"`` runs both forward passes in our trainer's bfloat16 context
+    (:func:`simagents.train.step_arithmetic`: autocast, plain attention; weights and AdamW stay
+    fp32). Also returns the FLOPs of each step, counted by torch's FlopCounterMode (matmuls and
+    attention)."""
+
     windows = synthetic_sampler(context_len).sample(np.random.default_rng(1), batch)
     ours_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
     ours_batch["return_known"] = torch.ones(batch, dtype=torch.bool)
@@ -159,7 +164,8 @@ def training_steps(
     ours_opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
     def ours_step() -> None:
-        loss = ours.loss(ours_batch, heads=("action",))["action"]
+        with step_arithmetic(precision):
+            loss = ours.loss(ours_batch, heads=("action",))["action"]
         ours_opt.zero_grad(set_to_none=True)
         loss.backward()
         ours_opt.step()
@@ -177,16 +183,17 @@ def training_steps(
     mask = ours_batch["mask"].long()
 
     def hf_step() -> None:
-        _, action_preds, _ = hf(
-            states=states,
-            actions=actions,
-            rewards=None,
-            returns_to_go=returns,
-            timesteps=timesteps,
-            attention_mask=mask,
-            return_dict=False,
-        )
-        loss = ((action_preds - actions) ** 2)[mask.bool()].mean()
+        with step_arithmetic(precision):
+            _, action_preds, _ = hf(
+                states=states,
+                actions=actions,
+                rewards=None,
+                returns_to_go=returns,
+                timesteps=timesteps,
+                attention_mask=mask,
+                return_dict=False,
+            )
+            loss = ((action_preds - actions) ** 2)[mask.bool()].mean()
         hf_opt.zero_grad(set_to_none=True)
         loss.backward()
         hf_opt.step()
@@ -237,10 +244,10 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, per_repeat: 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_peak_flops(seconds: float = 3.0) -> float:
-    """Best fp32 FLOP/s of a square matmul in this process, over about ``seconds``."""
+def matmul_peak_flops(seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of a square matmul in ``dtype`` in this process, over about ``seconds``."""
     n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -418,6 +425,7 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
                 ours_tps / hf_tps * with_compiled["ours"] / with_compiled["compiled"], 2
             ),
         }
+    bf16 = bf16_training(args, {"ours": ours_step, "hf": hf_step}) if args.bf16 else {}
     act_ms, act_ops = acting_latency(args.act_steps, args.repeats)
     return {
         "train_tokens_per_s": round(ours_tps),
@@ -435,11 +443,41 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         "edt16_discrete_over_dt": round(act_ms["edt16_discrete"] / act_ms["dt"], 2),
         "act_torch_ops": {name: round(n, 1) for name, n in act_ops.items()},
         **compiled,
+        **bf16,
         "train_gflop_per_step": round(flops["ours"] / 1e9, 2),
         "hf_train_gflop_per_step": round(flops["hf"] / 1e9, 2),
         "matmul_peak_gflops": round(peak / 1e9, 1),
         "mfu": round(flops["ours"] / step_s["ours"] / peak, 3),
         "hf_mfu": round(flops["hf"] / step_s["hf"] / peak, 3),
+    }
+
+
+def bf16_training(args: argparse.Namespace, fp32_steps: dict[str, Callable[[], None]]) -> dict[str, object]:
+    """Both training steps with their forward passes autocast to bfloat16 (``--precision bf16``),
+    timed interleaved with the fp32 steps ``fp32_steps`` (``ours``, ``hf``) in one run. Not the
+    issue's fp32 comparison: what a CPU with bfloat16 matrix units (AMX) makes of either model."""
+    batch, context_len, n_embd = REFERENCE["batch"], REFERENCE["context_len"], REFERENCE["n_embd"]
+    ours_bf16, hf_bf16, _ = training_steps(context_len, n_embd, batch, with_hf=True, precision="bf16")
+    assert hf_bf16 is not None
+    for _ in range(args.warmup):
+        ours_bf16()
+        hf_bf16()
+    step_s = interleaved(
+        {**fp32_steps, "ours_bf16": ours_bf16, "hf_bf16": hf_bf16}, args.repeats, per_repeat=2
+    )
+    windows = batch * context_len
+    ours_tps = windows * TOKENS_PER_STEP / step_s["ours_bf16"]
+    hf_tps = windows * HF_TOKENS_PER_STEP / step_s["hf_bf16"]
+    return {
+        "train_bf16_tokens_per_s": round(ours_tps),
+        "hf_train_bf16_tokens_per_s": round(hf_tps),
+        "train_bf16_speedup": round(ours_tps / hf_tps, 2),
+        "train_bf16_over_hf_fp32": round(ours_tps / (windows * HF_TOKENS_PER_STEP / step_s["hf"]), 2),
+        "train_bf16_over_fp32": round(step_s["ours"] / step_s["ours_bf16"], 2),
+        "hf_train_bf16_over_fp32": round(step_s["hf"] / step_s["hf_bf16"], 2),
+        "train_bf16_step_ms": round(1000 * step_s["ours_bf16"], 1),
+        "hf_train_bf16_step_ms": round(1000 * step_s["hf_bf16"], 1),
+        "bf16_matmul_peak_gflops": round(matmul_peak_flops(dtype=torch.bfloat16) / 1e9, 1),
     }
 
 
@@ -475,6 +513,9 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="also the CartPole comparison with d3rlpy")
     parser.add_argument(
         "--no-compile", dest="compile", action="store_false", help="skip the torch.compile training step"
+    )
+    parser.add_argument(
+        "--no-bf16", dest="bf16", action="store_false", help="skip the bfloat16 (autocast) training steps"
     )
     parser.add_argument("--out", type=Path, default=None, help="result file (default results/<date>.json)")
     parser.add_argument("--scaling-child", default=None, help=argparse.SUPPRESS)
