@@ -160,8 +160,9 @@ class TrainConfig:
     the saved weights stay fp32). bf16 trades about three significant digits in those products
     for speed on CPUs with bfloat16 matrix units (Intel AMX, AVX512-BF16): on a 2-core Xeon with
     AMX, one thread, 1.61 times as fast on the benchmark's Decision Transformer step and 1.65 on
-    100 steps of a default CartPole simulator (every head), to the same loss; on CPUs without
-    such units it is slower than fp32. Acting is fp32 either way."""
+    100 steps of a default CartPole simulator (every head), to the same loss. Not measured on
+    CPUs without such units, where there is no bfloat16 hardware to gain from: time a few
+    steps both ways first. Acting is fp32 either way."""
 
     def check(self) -> None:
         """Raise a SimagentsError naming the option if a value cannot make a run (tyro checks only types)."""
