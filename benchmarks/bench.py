@@ -156,7 +156,6 @@ def training_steps(
     (:func:`simagents.train.step_arithmetic`: autocast, plain attention; weights and AdamW stay
     fp32). Also returns the FLOPs of each step, counted by torch's FlopCounterMode (matmuls and
     attention)."""
-
     windows = synthetic_sampler(context_len).sample(np.random.default_rng(1), batch)
     ours_batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
     ours_batch["return_known"] = torch.ones(batch, dtype=torch.bool)
