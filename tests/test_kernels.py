@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from simagents import kernels
 
 
+@pytest.mark.parametrize("n_out", [24, 27])  # 27: the last outputs outside a 4x4 tile
 @pytest.mark.parametrize("rows", range(1, 10))  # the 4-, 2- and 1-row paths and their mixes
-def test_linear_equals_torch_on_any_number_of_rows(rows):
+def test_linear_equals_torch_on_any_number_of_rows(rows, n_out):
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, 40)).astype(np.float32)
-    w = rng.standard_normal((24, 40)).astype(np.float32)  # (out, in), as torch stores it
-    b = rng.standard_normal(24).astype(np.float32)
-    out = np.full((rows, 24), np.nan, np.float32)
+    w = rng.standard_normal((n_out, 40)).astype(np.float32)  # (out, in), as torch stores it
+    b = rng.standard_normal(n_out).astype(np.float32)
+    out = np.full((rows, n_out), np.nan, np.float32)
     kernels.linear(x, w, b, out)
     expected = F.linear(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

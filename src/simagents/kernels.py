@@ -36,26 +36,45 @@ def _compiled(fn: _F) -> _F:
 
 
 @_compiled
+def _four_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out (4,O) = x (4,I) @ w.T + b, in tiles of 4 rows by 4 outputs: 16 running sums, each
+    weight and each input element loaded once per tile and used four times."""
+    n_out, n_in = w.shape
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    j = 0
+    while j + 4 <= n_out:
+        wa, wb, wc, wd = w[j], w[j + 1], w[j + 2], w[j + 3]
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+        c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = np.float32(0.0)
+        for i in range(n_in):
+            p, q, s, t = wa[i], wb[i], wc[i], wd[i]
+            y0, y1, y2, y3 = x0[i], x1[i], x2[i], x3[i]
+            a0, b0, c0, d0 = a0 + y0 * p, b0 + y0 * q, c0 + y0 * s, d0 + y0 * t
+            a1, b1, c1, d1 = a1 + y1 * p, b1 + y1 * q, c1 + y1 * s, d1 + y1 * t
+            a2, b2, c2, d2 = a2 + y2 * p, b2 + y2 * q, c2 + y2 * s, d2 + y2 * t
+            a3, b3, c3, d3 = a3 + y3 * p, b3 + y3 * q, c3 + y3 * s, d3 + y3 * t
+        sums = ((a0, a1, a2, a3), (b0, b1, b2, b3), (c0, c1, c2, c3), (d0, d1, d2, d3))  # [output][row]
+        for k in range(4):
+            for row in range(4):
+                out[row, j + k] = sums[k][row] + b[j + k]
+        j += 4
+    for k in range(j, n_out):  # the last O % 4 outputs, one at a time
+        wk = w[k]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for i in range(n_in):
+            a0, a1, a2, a3 = a0 + x0[i] * wk[i], a1 + x1[i] * wk[i], a2 + x2[i] * wk[i], a3 + x3[i] * wk[i]
+        out[0, k], out[1, k], out[2, k], out[3, k] = a0 + b[k], a1 + b[k], a2 + b[k], a3 + b[k]
+
+
+@_compiled
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out (n,O) = x (n,I) @ w.T + b, with w (O,I) as torch stores it: four rows share each weight load."""
+    """out (n,O) = x (n,I) @ w.T + b, with w (O,I) as torch stores it: four rows at a time share
+    each weight load (:func:`_four_rows`), then two, then one."""
     n = x.shape[0]
     n_out, n_in = w.shape
     r = 0
     while r + 4 <= n:
-        x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-        for j in range(n_out):
-            wj = w[j]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(n_in):
-                wi = wj[i]
-                a0 += x0[i] * wi
-                a1 += x1[i] * wi
-                a2 += x2[i] * wi
-                a3 += x3[i] * wi
-            out[r, j] = a0 + b[j]
-            out[r + 1, j] = a1 + b[j]
-            out[r + 2, j] = a2 + b[j]
-            out[r + 3, j] = a3 + b[j]
+        _four_rows(x[r : r + 4], w, b, out[r : r + 4])
         r += 4
     while r + 2 <= n:
         x0, x1 = x[r], x[r + 1]
