@@ -206,6 +206,7 @@ def testbed_command(
     seed: int = 0,
     budget: str = "default",
     sweep: tuple[str, ...] = (),
+    precision: str = "fp32",
 ) -> None:
     """Run one decision testbed: data, one simulator, every agent, theory beside measurement.
 
@@ -223,10 +224,14 @@ def testbed_command(
             connect_four full (twice the default's games and steps, about 40 min).
         sweep: prophecy only: values to sweep, e.g. --sweep gamma=0,0.5,0.9,0.99 (the rl agent is
             fine-tuned once per discount; OUT/figures/index_vs_gamma.png plots each agent's index).
+        precision: connect_four only: the simulator's training arithmetic, fp32 or bf16 (the
+            forward pass in bfloat16, weights in fp32; faster on CPUs with bfloat16 units).
     """
     from simagents.envs import get_testbed
     from simagents.study.testbed import run_testbed
 
+    if precision != "fp32" and get_testbed(name).name != "connect_four":
+        raise SimagentsError(f"--precision applies to the connect_four testbed only, not {name}")
     if get_testbed(name).name == "prophecy":  # Box forecasts, retraining and fine-tuning: its own runner
         from simagents.study.prophecy import DEFAULT_AGENTS, format_results, run_prophecy
 
@@ -248,13 +253,15 @@ def testbed_command(
     if sweep:
         raise SimagentsError(f"--sweep applies to the prophecy testbed only, not {name}")
     if get_testbed(name).name == "connect_four":  # games against a population: its own runner
+        from dataclasses import replace
+
         from simagents.study import connect_four
 
         chosen = [a.strip() for a in agents.split(",") if a.strip()]
         results = connect_four.run_connect_four(
             parse_pairs(param, "--param", "opponent_depth=2"),
             out=out,
-            budget=budget,
+            budget=replace(connect_four.resolve_budget(budget), precision=precision),
             seed=seed,
             progress=sys.stderr.isatty(),
             agents=connect_four.DEFAULT_AGENTS if agents == "imitation,dt,edt,cdt" else chosen,

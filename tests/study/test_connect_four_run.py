@@ -134,6 +134,21 @@ def test_cli_dispatches_to_the_connect_four_runner(
     assert code == 2 and "no player 'nobody'" in capsys.readouterr().err
     code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--param", "opponent_depth=99"])
     assert code == 2 and "opponent_depth must be between 1 and 8" in capsys.readouterr().err
+    code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--precision", "fp16"])
+    assert code == 2 and "precision 'fp16': must be one of fp32, bf16" in capsys.readouterr().err
+    code = main(["testbed", "newcomb", "--out", str(tmp_path / "run"), "--precision", "bf16"])
+    assert code == 2 and "--precision applies to the connect_four testbed only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_training_reaches_the_simulator_and_the_results(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = main(["testbed", "connect_four", "--out", str(out), "--budget", "smoke", "--precision", "bf16"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["budget"]["precision"] == "bf16"
+    run_config = json.loads((out / "simulator" / "config.json").read_text())
+    assert run_config["precision"] == "bf16"
 
 
 @pytest.mark.slow
