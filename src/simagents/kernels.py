@@ -3,9 +3,13 @@
 At batch 1 an action pushes about four tokens through the transformer. Through torch that is
 some 35 operator calls, each a few microseconds of dispatch, and matrix products that MKL runs
 at a third of the core's speed on so few rows. Here the whole pass is one compiled call: every
-linear layer reads its weight once for up to four rows at a time (four dot products share each
-load, which keeps the core's FMA units busy), and the small steps between (layer norms, GELU,
-attention over the cached keys) run in the same loops, with no temporaries allocated per call.
+linear layer reads its weight once for up to four rows at a time, in tiles of four rows by four
+outputs (each load feeds four of sixteen running sums, which keeps the core's FMA units busy:
+on a 2-core Intel Xeon, 2026-12-06, 1.3-1.8x the speed of four rows by one output at 4 and 16
+rows), and the small steps between (layer norms, GELU, attention over the cached keys) run in
+the same loops, with no temporaries allocated per call. At the reference size (3 layers, width
+128) the pass reads 2.4 MB of weights per call; where that exceeds the core's L2 (2 MB on that
+Xeon) they stream from L3, and a layer's pass at one row takes 38.5 us instead of 20.6.
 
 The arithmetic is the model's, in float32, so the outputs equal the torch forward pass to
 float32 rounding (sums reassociated for SIMD); ``tests/test_model.py`` checks it against
