@@ -230,9 +230,10 @@ def testbed_command(
     from simagents.envs import get_testbed
     from simagents.study.testbed import run_testbed
 
-    if precision != "fp32" and get_testbed(name).name != "connect_four":
+    testbed = get_testbed(name).name
+    if precision != "fp32" and testbed != "connect_four":
         raise SimagentsError(f"--precision applies to the connect_four testbed only, not {name}")
-    if get_testbed(name).name == "prophecy":  # Box forecasts, retraining and fine-tuning: its own runner
+    if testbed == "prophecy":  # Box forecasts, retraining and fine-tuning: its own runner
         from simagents.study.prophecy import DEFAULT_AGENTS, format_results, run_prophecy
 
         chosen = [a.strip() for a in agents.split(",") if a.strip()]
@@ -252,7 +253,7 @@ def testbed_command(
         return
     if sweep:
         raise SimagentsError(f"--sweep applies to the prophecy testbed only, not {name}")
-    if get_testbed(name).name == "connect_four":  # games against a population: its own runner
+    if testbed == "connect_four":  # games against a population: its own runner
         from dataclasses import replace
 
         from simagents.study import connect_four

@@ -68,6 +68,12 @@ PRECISIONS = ("fp32", "bf16")
 """Values of :attr:`TrainConfig.precision`."""
 
 
+def check_precision(precision: str, where: str) -> None:
+    """Raise a SimagentsError naming ``where`` (the config field) unless ``precision`` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise SimagentsError(f"--precision {precision}: must be one of {', '.join(PRECISIONS)} ({where})")
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """How much each prediction counts in the training loss."""
@@ -196,10 +202,7 @@ class TrainConfig:
                     raise SimagentsError(
                         f"--{name.replace('_', '-')} {value}: must be {rule} (train config field {name})"
                     )
-        if self.precision not in PRECISIONS:
-            raise SimagentsError(
-                f"--precision {self.precision}: must be one of {', '.join(PRECISIONS)} (train config field precision)"
-            )
+        check_precision(self.precision, "train config field precision")
         weights = to_dict(self.loss)
         for name, weight in weights.items():
             if not weight >= 0:

@@ -135,7 +135,7 @@ def test_cli_dispatches_to_the_connect_four_runner(
     code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--param", "opponent_depth=99"])
     assert code == 2 and "opponent_depth must be between 1 and 8" in capsys.readouterr().err
     code = main(["testbed", "connect_four", "--out", str(tmp_path / "run"), "--precision", "fp16"])
-    assert code == 2 and "precision 'fp16': must be one of fp32, bf16" in capsys.readouterr().err
+    assert code == 2 and "--precision fp16: must be one of fp32, bf16" in capsys.readouterr().err
     code = main(["testbed", "newcomb", "--out", str(tmp_path / "run"), "--precision", "bf16"])
     assert code == 2 and "--precision applies to the connect_four testbed only" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

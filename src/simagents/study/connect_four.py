@@ -93,7 +93,7 @@ from simagents.io import atomic_write_json, atomic_write_text, hold_lock, option
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.probes import probe_features, probe_report
 from simagents.threads import threads
-from simagents.train import PRECISIONS, LossWeights, TrainConfig, train
+from simagents.train import LossWeights, TrainConfig, check_precision, train
 
 OUTCOMES = ("loss", "draw", "win")
 """Classes of the outcome probe, by final reward −1, 0, +1."""
@@ -220,10 +220,7 @@ class ConnectFourBudget:
     """torch and numpy BLAS threads (restored afterwards)."""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise SimagentsError(
-                f"precision {self.precision!r}: must be one of {', '.join(PRECISIONS)} (Connect Four budget)"
-            )
+        check_precision(self.precision, "Connect Four budget field precision")
 
 
 BUDGETS = {
