@@ -900,16 +900,17 @@ class _DecodeWeights:
         self.sources += list(model.blocks.parameters())
         self.evaluation_heads = (model.action_value_head, model.reward_head)
         self.sources += [p for head in self.evaluation_heads for p in head.parameters()]
-        self.sources += list(model.action_head.parameters())
+        self.sources += [*model.action_head.parameters(), model.return_bins]
         blocks = typed_blocks(model)
         self.eps = np.array([(b.ln1.eps, b.ln2.eps) for b in blocks], dtype=np.float64)  # (L,2)
         self.final_eps = model.ln_f.eps
         self.versions: tuple[int, ...] = ()
         self.table = np.empty((0, d), dtype=np.float32)  # (rows, d)
         self.features_weight = np.empty((0, d), dtype=np.float32)  # (n_features, d)
-        # At a_t: the action-value head's logits and the reward head's output in one addmm
-        self.evaluation_weight = torch.empty(0)  # (d, bins + 1)
-        self.evaluation_bias = torch.empty(0)  # (bins + 1,)
+        # At a_t: the action-value head's logits and the reward head's output in one product
+        self.evaluation_weight = np.empty((d, 0), dtype=np.float32)  # (d, bins + 1)
+        self.evaluation_bias = np.empty(0, dtype=np.float32)  # (bins + 1,)
+        self.return_bins = np.empty(0, dtype=np.float32)  # (bins,)
         # The policy head at one row, in numpy (Simulator.gaussian_policy)
         self.policy_weight = np.empty((d, 0), dtype=np.float32)  # (d, out)
         self.policy_bias = np.empty(0, dtype=np.float32)  # (out,)
@@ -958,8 +959,9 @@ class _DecodeWeights:
             columns.append(model.reward_embed.weight.detach().t())
             self.features_weight = torch.cat(columns).numpy()  # (n_features, d)
             heads = self.evaluation_heads
-            self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).t().contiguous()
-            self.evaluation_bias = torch.cat([h.bias.detach() for h in heads])
+            self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).t().contiguous().numpy()
+            self.evaluation_bias = torch.cat([h.bias.detach() for h in heads]).numpy()
+            self.return_bins = model.return_bins.numpy()
             self.policy_weight = model.action_head.weight.detach().t().contiguous().numpy()
             self.policy_bias = model.action_head.bias.detach().clone().numpy()
             self.final_norm = torch.stack([model.ln_f.weight, model.ln_f.bias]).numpy()
@@ -994,6 +996,16 @@ def _decode_weights(model: Simulator) -> _DecodeWeights:
 
 # Scaled continuous features of a pending token: a vector, or one value (a float32 scalar or 0.0).
 _Features = np.ndarray | np.float32 | float
+
+
+@dataclass
+class _Candidates:
+    """Tokens that run after the pending ones without being kept (or one action, then pushed)."""
+
+    rows: np.ndarray  # (m,4) table rows, as a pending token's
+    features: np.ndarray  # (m,n_features) continuous features in their columns, zero elsewhere
+
+
 DIRECT = -2  # a pending token's "column" when its features are its content (d,), added as they are
 
 
@@ -1084,12 +1096,21 @@ class Context:
         layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
         return torch.from_numpy(h)
 
-    def _embed(self, rows: list[list[int]], features: list[tuple[int, _Features]]) -> np.ndarray:
-        """Token rows and continuous features -> embeddings (n,d)."""
+    def _embed(
+        self,
+        rows: list[list[int]],
+        features: list[tuple[int, _Features]],
+        candidates: _Candidates | None = None,
+    ) -> np.ndarray:
+        """Token rows and continuous features, then any candidates' (as one block) -> embeddings (n,d)."""
         weights = self.weights
         weights.refresh()
+        table_rows = np.array(rows, dtype=np.intp).reshape(-1, 4)
         x = np.zeros((len(rows), weights.n_features), dtype=np.float32)
-        bag = weights.table[np.array(rows, dtype=np.intp)].sum(1)  # (n,4,d) -> (n,d)
+        if candidates is not None:
+            table_rows = np.concatenate([table_rows, candidates.rows])
+            x = np.concatenate([x, candidates.features])
+        bag = weights.table[table_rows].sum(1)  # (n,4,d) -> (n,d)
         for i, (column, values) in enumerate(features):
             if column >= 0:
                 x[i, column : column + np.size(values)] = values
@@ -1119,25 +1140,22 @@ class Context:
         assert self.last_hidden is not None
         return self.last_hidden
 
-    def _flush(
-        self, rows: list[list[int]] | None = None, features: list[tuple[int, _Features]] | None = None
-    ) -> Tensor | None:
-        """Run the pending tokens into the cache, then candidate tokens (their table ``rows`` and
-        ``features``) after them without keeping those; sets ``last_hidden``. Returns the
-        candidates' final states (m,d), None without candidates.
+    def _flush(self, candidates: _Candidates | None = None) -> Tensor | None:
+        """Run the pending tokens into the cache, then any ``candidates`` after them without keeping
+        those; sets ``last_hidden``. Returns the candidates' final states (m,d), None without
+        candidates.
 
         While the cache has room, pending tokens and candidates go through the transformer in
         one pass (one read of every weight, which at batch 1 is most of the time); a full cache
         is refilled first and the candidates run after."""
-        rows, features = rows or [], features or []
-        pending, m = len(self.pending_rows), len(rows)
+        pending, m = len(self.pending_rows), 0 if candidates is None else candidates.rows.shape[0]
         if pending and self.length + pending > self.max_tokens:
             self._refill(self._embed(self.pending_rows, self.pending_features))
             self.pending_rows, self.pending_features = [], []
             pending = 0
         if pending + m == 0:
             return None
-        x = self._embed(self.pending_rows + rows, self.pending_features + features)
+        x = self._embed(self.pending_rows, self.pending_features, candidates)
         self.pending_rows, self.pending_features = [], []
         if pending:
             self.embeddings[self.length : self.length + pending] = x[:pending]
@@ -1198,24 +1216,28 @@ class Context:
         else:
             self._push(w.return_row, w.return_col, (np.float32(target) - w.return_mid) / w.return_half)
 
-    def _action_rows(self, actions: Tensor, intervention: bool) -> tuple[list[list[int]], np.ndarray | None]:
-        """Actions (n,) or (n,act_dim) -> their table rows and normalised features (Box; else None)."""
+    def _action_tokens(self, actions: Tensor, intervention: bool) -> _Candidates:
+        """Actions (n,) or (n,act_dim) -> their table rows (n,4) and continuous features (n,features)."""
         model, w = self.model, self.weights
-        time_row = min(max(self.timestep, 0), w.time_rows - 1)
-        label = self.label_row if self.label_row is not None else w.zero_row
-        flag = w.flag_row + int(intervention)
+        n = actions.shape[0]
+        rows = np.empty((n, 4), dtype=np.intp)
+        rows[:, 0] = min(max(self.timestep, 0), w.time_rows - 1)
+        rows[:, 1] = self.label_row if self.label_row is not None else w.zero_row
+        rows[:, 3] = w.flag_row + int(intervention)
+        features = np.zeros((n, w.n_features), dtype=np.float32)
         if model.act_discrete:
-            first = w.act_row - model.act_start
-            return [[time_row, label, first + int(a), flag] for a in actions.reshape(-1).tolist()], None
-        values = np.asarray(actions.detach().numpy(), dtype=np.float32).reshape(actions.shape[0], -1)
-        normalised = 2 * (values - w.act_low) / w.act_span - 1
-        return [[time_row, label, w.act_row, flag]] * actions.shape[0], normalised
+            rows[:, 2] = actions.reshape(-1).numpy() + (w.act_row - model.act_start)
+        else:
+            rows[:, 2] = w.act_row
+            values = np.asarray(actions.detach().numpy(), dtype=np.float32).reshape(n, -1)
+            features[:, w.act_col : w.act_col + model.act_dim] = 2 * (values - w.act_low) / w.act_span - 1
+        return _Candidates(rows, features)
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
         """The action taken, as evidence (False) or as an intervention (True)."""
-        rows, features = self._action_rows(action.unsqueeze(0), intervention)
-        self.pending_rows.append(rows[0])
-        self.pending_features.append((-1, 0.0) if features is None else (self.weights.act_col, features[0]))
+        token = self._action_tokens(action.unsqueeze(0), intervention)
+        self.pending_rows.append(token.rows[0].tolist())
+        self.pending_features.append((0, token.features[0]))
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""
@@ -1229,18 +1251,16 @@ class Context:
         after queue_return) run in the same pass as the candidates."""
         if candidates.shape[0] == 0:
             raise ValueError("evaluate_actions needs at least one candidate action")
-        rows, features = self._action_rows(candidates, intervention)
-        col = self.weights.act_col
-        listed: list[tuple[int, _Features]] = (
-            [(-1, 0.0)] * len(rows) if features is None else [(col, f) for f in features]
-        )
-        h = self._flush(rows, listed)  # (N,d)
+        h = self._flush(self._action_tokens(candidates, intervention))  # (N,d)
         assert h is not None  # one row per candidate, and there is one
-        w, model = self.weights, self.model
-        out = torch.addmm(w.evaluation_bias, h, w.evaluation_weight)  # (N, bins + 1)
+        w = self.weights
+        # In numpy: at a few rows each torch call here costs several times numpy's (see _embed).
+        out = h.numpy() @ w.evaluation_weight + w.evaluation_bias  # (N, bins + 1)
         logits = out[:, :-1]
-        reward = out[:, -1] * model.stats.reward_scale  # as predicted_reward
-        return ActionEvaluation(logits, model.expected_return(logits), reward)
+        reward = out[:, -1] * np.float32(self.model.stats.reward_scale)  # as predicted_reward
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        expected_return = (p @ w.return_bins) / p.sum(1)  # as expected_return
+        return ActionEvaluation(*(torch.from_numpy(a) for a in (logits, expected_return, reward)))
 
     def fork(self, n: int, extra_tokens: int) -> Rollout:
         """n imagined continuations of this history, sharing its cached prefix; the Context is unchanged.
