@@ -37,6 +37,7 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
     for t in range(len(episode)):
         lazy.push_observation(as_model_input(episode.observations[t], obs_space))
         policy_input = lazy.push_return(float(rtg[t]) if known else None)
+        policy = lazy.policy_params().copy()  # computed in the pass, beside the hidden state
         lazy.push_action(as_model_input(episode.actions[t], act_space), bool(episode.interventions[t]))
         lazy.push_reward(float(episode.rewards[t]))
         ctx.push_observation(as_model_input(episode.observations[t], obs_space))
@@ -44,6 +45,12 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
         hidden["return"] = ctx.push_return(float(rtg[t]) if known else None)
         ctx.push_action(as_model_input(episode.actions[t], act_space), bool(episode.interventions[t]))
         hidden["action"] = ctx.hidden()
+        torch.testing.assert_close(  # the policy head at the last token, whichever it is
+            torch.from_numpy(ctx.policy_params()),
+            model.action_head(hidden["action"][0]),
+            atol=1e-5,
+            rtol=1e-5,
+        )
         ctx.push_reward(float(episode.rewards[t]))
         hidden["reward"] = ctx.hidden()
         held = ctx.held_steps
@@ -54,6 +61,8 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
         lazy_held = lazy.held_steps
         lazy_full = full_forward(model, episode, t - lazy_held + 1, t + 1, known)
         torch.testing.assert_close(policy_input[0], lazy_full["return"][0, -1], atol=1e-5, rtol=1e-5)
+        expected_policy = model.action_head(lazy_full["return"][0, -1])
+        torch.testing.assert_close(torch.from_numpy(policy), expected_policy, atol=1e-5, rtol=1e-5)
     assert held_sizes == {1, 2, 3, 4}, "the window should fill up and be refilled"
 
 
@@ -74,7 +83,7 @@ def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space, queued):
     ctx.push_observation(as_model_input(episode.observations[5], obs_space))
     if queued:
         ctx.queue_return(None)
-        assert len(ctx.pending_rows) == 4
+        assert ctx.pending == 4
     else:
         ctx.push_return(None)
     if act_space is DISCRETE_ACT:
@@ -82,7 +91,7 @@ def test_candidates_in_one_batch_equal_each_alone(obs_space, act_space, queued):
     else:
         candidates = torch.from_numpy(np.random.default_rng(3).uniform(-2, 2, (5, 2)).astype(np.float32))
     together = ctx.evaluate_actions(candidates, intervention=True)
-    assert not ctx.pending_rows
+    assert not ctx.pending
     for i in range(len(candidates)):
         alone = ctx.evaluate_actions(candidates[i : i + 1], intervention=True)
         torch.testing.assert_close(

@@ -231,3 +231,82 @@ def decode_layers(
         linear(mlp[lo:], out_w[layer], out_b[layer], y[lo:])
         x[lo:] += y[lo:]
     return x[lo:]
+
+
+@_compiled
+def embed_tokens(
+    rows: np.ndarray, features: np.ndarray, direct: np.ndarray, table: np.ndarray, features_weight: np.ndarray
+) -> np.ndarray:
+    """Tokens -> embeddings (n,C): the sum of each token's four ``table`` rows (rows (n,4)), its
+    continuous features (n,F) times ``features_weight`` (F,C), and its ``direct`` content (n,C)."""
+    n = rows.shape[0]
+    x = direct.copy()
+    for r in range(n):
+        for k in range(4):
+            x[r] += table[rows[r, k]]
+        for f in range(features.shape[1]):
+            value = features[r, f]
+            if value != 0:  # most of a token's features are zero: it has one kind of content
+                x[r] += value * features_weight[f]
+    return x
+
+
+@_compiled
+def decode_tokens(
+    rows: np.ndarray,
+    features: np.ndarray,
+    direct: np.ndarray,
+    table: np.ndarray,
+    features_weight: np.ndarray,
+    embeddings: np.ndarray,
+    start: int,
+    committed: int,
+    read: int,
+    kv: np.ndarray,
+    norms: np.ndarray,
+    eps: np.ndarray,
+    qkv_w: np.ndarray,
+    qkv_b: np.ndarray,
+    proj_w: np.ndarray,
+    proj_b: np.ndarray,
+    fc_w: np.ndarray,
+    fc_b: np.ndarray,
+    out_w: np.ndarray,
+    out_b: np.ndarray,
+    n_head: int,
+    final_norm: np.ndarray,
+    final_eps: float,
+    policy_w: np.ndarray,
+    policy_b: np.ndarray,
+    policy: np.ndarray,
+) -> np.ndarray:
+    """:func:`embed_tokens`, then :func:`decode_layers`, the final layer norm and, with committed
+    rows, the policy head (weight (C,P), bias (P,)) at the last of them into ``policy`` (P,), in
+    one call: at batch 1 each call from Python costs more than the arithmetic of a small step.
+    The committed rows' embeddings are stored at ``embeddings[start:start + committed]``, for refills."""
+    x = embed_tokens(rows, features, direct, table, features_weight)
+    embeddings[start : start + committed] = x[:committed]
+    h = decode_layers(
+        x,
+        start,
+        committed,
+        read,
+        kv,
+        norms,
+        eps,
+        qkv_w,
+        qkv_b,
+        proj_w,
+        proj_b,
+        fc_w,
+        fc_b,
+        out_w,
+        out_b,
+        n_head,
+    )
+    layer_norm(h, final_norm[0], final_norm[1], final_eps, h)
+    if committed > 0:
+        policy[:] = policy_b
+        for c in range(h.shape[1]):
+            policy += h[0, c] * policy_w[c]
+    return h

@@ -76,7 +76,7 @@ from torch import Tensor, nn
 
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_bytes, atomic_write_json, from_dict, read_json, to_dict
-from simagents.kernels import decode_layers, layer_norm
+from simagents.kernels import decode_layers, decode_tokens, embed_tokens, layer_norm
 
 TOKENS_PER_STEP = 4  # o, R, a, r
 SCHEMA_VERSION = 1  # of config.json; bump when the architecture's parameters change meaning
@@ -725,9 +725,16 @@ class Simulator(nn.Module):
                 return params.argmax().repeat(n) + self.act_start
             probs = F.softmax(params / temperature, -1)
             return torch.multinomial(probs, n, replacement=True, generator=generator) + self.act_start
-        mean, std = self.gaussian_policy(h_return)
+        return self.gaussian_sample(self.action_params_array(h_return), generator, temperature, n)
+
+    def gaussian_sample(
+        self, params: np.ndarray, generator: torch.Generator | None, temperature: float = 1.0, n: int = 1
+    ) -> Tensor:
+        """Box: the policy head's output (2*act_dim,) -> n actions (n,act_dim) in env units, as
+        :meth:`sample_action` (temperature 0 takes the mode)."""
+        mean, std = self.gaussian_of(params)
         if temperature == 0:
-            return self.denormalize_action_array(np.tile(mean, (n, 1)))
+            return self.denormalize_action_array(mean if n == 1 else np.tile(mean, (n, 1))).reshape(n, -1)
         noise = torch.randn(n, self.act_dim, generator=generator).numpy()
         return self.denormalize_action_array(mean + temperature * std * noise)
 
@@ -746,7 +753,10 @@ class Simulator(nn.Module):
 
         :meth:`_gaussian` for one row, head included, in numpy: on these few floats an operation
         costs about 1 us there against 5-20 in torch, a visible share of an action at batch 1."""
-        params = self.action_params_array(h_return)
+        return self.gaussian_of(self.action_params_array(h_return))
+
+    def gaussian_of(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gaussian_policy` from the policy head's output (2*act_dim,) instead of its input."""
         A = self.act_dim
         return np.tanh(params[:A]), np.exp(np.clip(params[A:], -5, 1))
 
@@ -919,6 +929,7 @@ class _DecodeWeights:
         empty = np.empty(0, dtype=np.float32)
         self.norms = self.qkv_w = self.qkv_b = self.proj_w = self.proj_b = empty  # (L,4,C), (L,3C,C), ...
         self.fc_w = self.fc_b = self.out_w = self.out_b = empty
+        self.layers: tuple[np.ndarray, ...] = ()  # all of them, in decode_layers' order of arguments
         self.refresh()
 
     def refresh(self) -> None:
@@ -982,6 +993,8 @@ class _DecodeWeights:
             )
             self.qkv_w, self.proj_w, self.fc_w, self.out_w = (weights(i) for i in range(4))
             self.qkv_b, self.proj_b, self.fc_b, self.out_b = (biases(i) for i in range(4))
+            self.layers = (self.norms, self.eps, self.qkv_w, self.qkv_b, self.proj_w, self.proj_b)
+            self.layers += (self.fc_w, self.fc_b, self.out_w, self.out_b)
         self.versions = versions
 
 
@@ -994,19 +1007,8 @@ def _decode_weights(model: Simulator) -> _DecodeWeights:
     return weights
 
 
-# Scaled continuous features of a pending token: a vector, or one value (a float32 scalar or 0.0).
-_Features = np.ndarray | np.float32 | float
-
-
-@dataclass
-class _Candidates:
-    """Tokens that run after the pending ones without being kept (or one action, then pushed)."""
-
-    rows: np.ndarray  # (m,4) table rows, as a pending token's
-    features: np.ndarray  # (m,n_features) continuous features in their columns, zero elsewhere
-
-
 DIRECT = -2  # a pending token's "column" when its features are its content (d,), added as they are
+_Features = np.ndarray | np.float32 | float  # a pending token's scaled continuous features
 
 
 class Context:
@@ -1034,6 +1036,12 @@ class Context:
     its query, attention and MLP only for the rows read, and the final layer norm only on them.
     """
 
+    # Tokens waiting to run, then any candidates after them, are kept in three preallocated
+    # arrays (the table rows, the continuous features and the content added as it is of each),
+    # which one compiled call embeds and runs (:func:`simagents.kernels.decode_tokens`): the pass
+    # reads more than a core's L2 and so evicts the interpreter's own data, after which every
+    # Python or numpy step costs several times what it does warm, so an act takes as few as it can.
+
     def __init__(self, model: Simulator, label: str | None = None) -> None:
         self.model = model
         self.weights = _decode_weights(model)
@@ -1047,9 +1055,13 @@ class Context:
         self.embeddings = np.zeros((self.max_tokens, cfg.n_embd), np.float32)
         self.kv = np.zeros((cfg.n_layer, 0, 2 * cfg.n_embd), np.float32)
         self._allocate(self.max_tokens + 1)
-        self.pending_rows: list[list[int]] = []  # per pending token: its 4 table rows
-        self.pending_features: list[tuple[int, _Features]] = []  # (column, values), per token
+        self.pending = 0  # tokens pushed and not yet run
+        self.token_rows = np.zeros((0, 4), np.intp)  # (slots,4) per token: its 4 table rows
+        self.token_features = np.zeros((0, self.weights.n_features), np.float32)  # (slots,F), zero if none
+        self.token_direct = np.zeros((0, cfg.n_embd), np.float32)  # (slots,d) content added as it is
+        self._reserve(2 * TOKENS_PER_STEP)
         self.last_hidden: Tensor | None = None
+        self.last_policy = np.zeros(self.weights.policy_bias.shape, np.float32)  # the policy head there
         self.timestep = -1
 
     def _allocate(self, slots: int) -> None:
@@ -1060,79 +1072,47 @@ class Context:
         kv[:, : self.kv.shape[1]] = self.kv
         self.kv = kv
 
-    def _run(self, x: np.ndarray, candidates: int = 0) -> Tensor:
-        """Embeddings (n,d) at slots length.. -> final states (after the last norm) of the rows read.
-
-        The last ``candidates`` rows are scratch: each sees the history, the rows before them and
-        itself, and nothing keeps them. Only the last committed row's state is ever read, so the
-        last layer computes its query, attention and MLP for that row (if any) and the candidates
-        alone: the result is (1 + candidates, d), or (candidates, d) when all rows are candidates.
-        Committed keys and values stay in the cache; the caller advances ``length``."""
-        n = x.shape[0]
-        start = self.length
-        if start + n > self.kv.shape[1]:
-            self._allocate(start + n)
-        committed = n - candidates
-        read = max(committed - 1, 0)  # the first row the last layer computes
-        w = self.weights
-        h = decode_layers(
-            x,
-            start,
-            committed,
-            read,
-            self.kv,
-            w.norms,
-            w.eps,
-            w.qkv_w,
-            w.qkv_b,
-            w.proj_w,
-            w.proj_b,
-            w.fc_w,
-            w.fc_b,
-            w.out_w,
-            w.out_b,
-            self.model.cfg.n_head,
+    def _reserve(self, slots: int) -> None:
+        """Room for ``slots`` tokens (pending and candidates) in the token arrays, keeping their content."""
+        have = self.token_rows.shape[0]
+        if slots <= have:
+            return
+        grow = max(slots, 2 * have) - have
+        self.token_rows = np.concatenate([self.token_rows, np.zeros((grow, 4), np.intp)])
+        self.token_features = np.concatenate(
+            [self.token_features, np.zeros((grow, self.token_features.shape[1]), np.float32)]
         )
-        layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
-        return torch.from_numpy(h)
+        self.token_direct = np.concatenate(
+            [self.token_direct, np.zeros((grow, self.token_direct.shape[1]), np.float32)]
+        )
 
-    def _embed(
-        self,
-        rows: list[list[int]],
-        features: list[tuple[int, _Features]],
-        candidates: _Candidates | None = None,
-    ) -> np.ndarray:
-        """Token rows and continuous features, then any candidates' (as one block) -> embeddings (n,d)."""
-        weights = self.weights
-        weights.refresh()
-        table_rows = np.array(rows, dtype=np.intp).reshape(-1, 4)
-        x = np.zeros((len(rows), weights.n_features), dtype=np.float32)
-        if candidates is not None:
-            table_rows = np.concatenate([table_rows, candidates.rows])
-            x = np.concatenate([x, candidates.features])
-        bag = weights.table[table_rows].sum(1)  # (n,4,d) -> (n,d)
-        for i, (column, values) in enumerate(features):
-            if column >= 0:
-                x[i, column : column + np.size(values)] = values
-            elif column == DIRECT:
-                bag[i] += values
-        # In numpy: on 3 rows the lookup with its sum takes ~7 us and the product ~3, against ~17 for
-        # torch's embedding and sum and ~11 for its addmm (measured on the reference size).
-        embedded: np.ndarray = bag + x @ weights.features_weight
-        return embedded
+    def _run(self, x: np.ndarray) -> Tensor:
+        """Embeddings (n,d) at slots length.. (a refill) -> the last row's final state (1,d)."""
+        n = x.shape[0]
+        if self.length + n > self.kv.shape[1]:
+            self._allocate(self.length + n)
+        w = self.weights
+        h = decode_layers(x, self.length, n, n - 1, self.kv, *w.layers, self.model.cfg.n_head)
+        layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
+        self.last_policy[:] = h[0] @ w.policy_weight + w.policy_bias
+        return torch.from_numpy(h)
 
     def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
         w = self.weights
         time_row = min(max(self.timestep, 0), w.time_rows - 1)
         label = self.label_row if self.label_row is not None else w.zero_row
-        self.pending_rows.append(
-            [time_row, label, content_row, w.zero_row if extra_row is None else extra_row]
-        )
-        self.pending_features.append((column, values))
+        k = self.pending
+        self._reserve(k + 1)
+        self.token_rows[k] = (time_row, label, content_row, w.zero_row if extra_row is None else extra_row)
+        if column >= 0:
+            self.token_features[k, column : column + np.size(values)] = values
+        elif column == DIRECT:
+            self.token_direct[k] = values
+        self.pending = k + 1
 
     def hidden(self) -> Tensor:
         """Run the pending tokens; the hidden state at the last token pushed (1,d)."""
-        if not self.pending_rows:
+        if not self.pending:
             if self.last_hidden is None:
                 raise RuntimeError("nothing pushed yet")
             return self.last_hidden
@@ -1140,33 +1120,64 @@ class Context:
         assert self.last_hidden is not None
         return self.last_hidden
 
-    def _flush(self, candidates: _Candidates | None = None) -> Tensor | None:
-        """Run the pending tokens into the cache, then any ``candidates`` after them without keeping
-        those; sets ``last_hidden``. Returns the candidates' final states (m,d), None without
-        candidates.
+    def policy_params(self) -> np.ndarray:
+        """Run the pending tokens; the policy head's output at the last token pushed (the return
+        token, where the policy reads): (act_dim,) logits or (2*act_dim,) Gaussian parameters, as
+        :meth:`Simulator.action_params_array` of :meth:`hidden`, computed in the pass. The array is
+        the Context's own, overwritten by the next pass: copy it to keep it."""
+        self.hidden()
+        return self.last_policy
+
+    def _flush(self, candidates: int = 0) -> Tensor | None:
+        """Run the pending tokens into the cache, then the ``candidates`` tokens written after them
+        without keeping those; sets ``last_hidden``. Returns the candidates' final states (m,d),
+        None without candidates.
 
         While the cache has room, pending tokens and candidates go through the transformer in
         one pass (one read of every weight, which at batch 1 is most of the time); a full cache
-        is refilled first and the candidates run after."""
-        pending, m = len(self.pending_rows), 0 if candidates is None else candidates.rows.shape[0]
+        is refilled first and the candidates run after. The candidates' rows are scratch: each
+        sees the history, the rows before them and itself, and nothing keeps them. Only the last
+        committed row's state is ever read, so the last layer computes its query, attention and
+        MLP for that row and the candidates alone."""
+        w = self.weights
+        w.refresh()
+        first, pending = 0, self.pending
+        end = pending + candidates
         if pending and self.length + pending > self.max_tokens:
-            self._refill(self._embed(self.pending_rows, self.pending_features))
-            self.pending_rows, self.pending_features = [], []
-            pending = 0
-        if pending + m == 0:
-            return None
-        x = self._embed(self.pending_rows, self.pending_features, candidates)
-        self.pending_rows, self.pending_features = [], []
-        if pending:
-            self.embeddings[self.length : self.length + pending] = x[:pending]
-        h = self._run(x, candidates=m)
-        self.length += pending
-        if m == 0:
-            self.last_hidden = h
-            return None
-        if pending:
-            self.last_hidden, h = h[:1], h[1:]
-        return h
+            tokens = (self.token_rows[:pending], self.token_features[:pending], self.token_direct[:pending])
+            self._refill(embed_tokens(*tokens, w.table, w.features_weight))
+            first, pending = pending, 0
+        h = None
+        if end > first:
+            if self.length + end - first > self.kv.shape[1]:
+                self._allocate(self.length + end - first)
+            read = max(pending - 1, 0)  # the first row the last layer computes
+            h = decode_tokens(
+                self.token_rows[first:end],
+                self.token_features[first:end],
+                self.token_direct[first:end],
+                w.table,
+                w.features_weight,
+                self.embeddings,
+                self.length,
+                pending,
+                read,
+                self.kv,
+                *w.layers,
+                self.model.cfg.n_head,
+                w.final_norm,
+                w.final_eps,
+                w.policy_weight,
+                w.policy_bias,
+                self.last_policy,
+            )
+            self.length += pending
+            if pending:
+                self.last_hidden, h = torch.from_numpy(h[:1]), h[1:]
+        self.token_features[:end] = 0
+        self.token_direct[:end] = 0
+        self.pending = 0
+        return torch.from_numpy(h) if candidates and h is not None else None
 
     def _refill(self, new: np.ndarray) -> None:
         """The cache is full: keep the newest whole steps (and the step begun) with ``new``, rebuild it from them."""
@@ -1216,28 +1227,27 @@ class Context:
         else:
             self._push(w.return_row, w.return_col, (np.float32(target) - w.return_mid) / w.return_half)
 
-    def _action_tokens(self, actions: Tensor, intervention: bool) -> _Candidates:
-        """Actions (n,) or (n,act_dim) -> their table rows (n,4) and continuous features (n,features)."""
+    def _write_actions(self, actions: Tensor, intervention: bool) -> int:
+        """Actions (n,) or (n,act_dim) -> tokens written after the pending ones; returns n."""
         model, w = self.model, self.weights
-        n = actions.shape[0]
-        rows = np.empty((n, 4), dtype=np.intp)
+        n, at = actions.shape[0], self.pending
+        self._reserve(at + n)
+        rows = self.token_rows[at : at + n]
         rows[:, 0] = min(max(self.timestep, 0), w.time_rows - 1)
         rows[:, 1] = self.label_row if self.label_row is not None else w.zero_row
         rows[:, 3] = w.flag_row + int(intervention)
-        features = np.zeros((n, w.n_features), dtype=np.float32)
         if model.act_discrete:
             rows[:, 2] = actions.reshape(-1).numpy() + (w.act_row - model.act_start)
         else:
             rows[:, 2] = w.act_row
-            values = np.asarray(actions.detach().numpy(), dtype=np.float32).reshape(n, -1)
-            features[:, w.act_col : w.act_col + model.act_dim] = 2 * (values - w.act_low) / w.act_span - 1
-        return _Candidates(rows, features)
+            values = actions.detach().numpy().reshape(n, -1)
+            normalised = 2 * (values - w.act_low) / w.act_span - 1
+            self.token_features[at : at + n, w.act_col : w.act_col + model.act_dim] = normalised
+        return n
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
         """The action taken, as evidence (False) or as an intervention (True)."""
-        token = self._action_tokens(action.unsqueeze(0), intervention)
-        self.pending_rows.append(token.rows[0].tolist())
-        self.pending_features.append((0, token.features[0]))
+        self.pending += self._write_actions(action.unsqueeze(0), intervention)
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""
@@ -1251,10 +1261,10 @@ class Context:
         after queue_return) run in the same pass as the candidates."""
         if candidates.shape[0] == 0:
             raise ValueError("evaluate_actions needs at least one candidate action")
-        h = self._flush(self._action_tokens(candidates, intervention))  # (N,d)
+        h = self._flush(self._write_actions(candidates, intervention))  # (N,d)
         assert h is not None  # one row per candidate, and there is one
         w = self.weights
-        # In numpy: at a few rows each torch call here costs several times numpy's (see _embed).
+        # In numpy: at a few rows a torch call costs several times numpy's.
         out = h.numpy() @ w.evaluation_weight + w.evaluation_bias  # (N, bins + 1)
         logits = out[:, :-1]
         reward = out[:, -1] * np.float32(self.model.stats.reward_scale)  # as predicted_reward

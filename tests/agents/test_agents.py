@@ -98,7 +98,8 @@ def test_box_policy_samples_and_candidates_equal_the_batch_paths_with_their_log_
     model = tiny_model(BOX_OBS, BOX_ACT, seed=5)
     model.action_head.bias[model.act_dim :] = 1.0  # a wide policy: some samples fall outside the box
     h = torch.randn(1, model.cfg.n_embd)
-    candidates, log_density = sampled_candidates(model, h, 9, torch.Generator().manual_seed(4))
+    params = model.action_params_array(h)
+    candidates, log_density = sampled_candidates(model, params, 9, torch.Generator().manual_seed(4))
     # the batch path's numbers: Simulator._gaussian and denormalize_action on tensors
     mean, log_std = model._gaussian(model.action_params(h))  # (1,A) each
     noise = torch.randn(8, model.act_dim, generator=torch.Generator().manual_seed(4))

@@ -141,14 +141,16 @@ class SimulatorAgent:
         """Push the return token and pick the action (model input form); the observation is in context."""
         raise NotImplementedError
 
-    def sample_action(self, h_return: Tensor, temperature: float) -> Tensor:
-        """The policy head's sample at R_t (1,d), illegal actions given probability 0: (1,) or (1,act_dim).
+    def sample_action(self, temperature: float) -> Tensor:
+        """The policy head's sample at the return token just pushed, illegal actions given
+        probability 0: (1,) or (1,act_dim).
 
         For Discrete actions the distribution it was drawn from is kept in
         :attr:`action_probabilities` (None at temperature 0: a choice, not a draw)."""
+        params = self.context.policy_params()
         if not self.simulator.act_discrete:
-            return self.simulator.sample_action(h_return, self.generator, temperature)
-        logits = self.simulator.action_params(h_return).reshape(-1)
+            return self.simulator.gaussian_sample(params, self.generator, temperature)
+        logits = torch.from_numpy(params.copy())
         if self.legal is not None:
             logits = logits.masked_fill(~self.legal, -torch.inf)
         if temperature == 0:

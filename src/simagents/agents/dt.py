@@ -73,9 +73,9 @@ class DecisionTransformerAgent(SimulatorAgent):
     def choose(self) -> Tensor:
         if self.expert is not None:
             self.target = self._expert_return(self.expert)
-        h = self.context.push_return(self.target)
+        self.context.queue_return(self.target)
         self.step_records.append({"prompted_return": self.target})
-        return self.sample_action(h, self.temperature)[0]
+        return self.sample_action(self.temperature)[0]
 
     def _expert_return(self, kappa: float) -> float:
         """Sample R ∝ P(R | history) exp(κ R) from the value head at the current observation."""

@@ -21,5 +21,5 @@ class ImitationAgent(SimulatorAgent):
         super().__init__(simulator, label=label)
 
     def choose(self) -> Tensor:
-        h = self.context.push_return(None)
-        return self.sample_action(h, self.temperature)[0]
+        self.context.queue_return(None)
+        return self.sample_action(self.temperature)[0]

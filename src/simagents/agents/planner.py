@@ -254,14 +254,15 @@ def bayes_action_values(
 
 
 def sampled_candidates(
-    model: Simulator, h_return: Tensor, n: int, generator: torch.Generator | None
+    model: Simulator, params: np.ndarray, n: int, generator: torch.Generator | None
 ) -> tuple[Tensor, np.ndarray]:
-    """Box: hidden at R_t (1,d) -> the policy's mode and n-1 samples (n,act_dim) in env units, and
-    their log densities under the policy up to a constant shared by all (n,).
+    """Box: the policy head's output at R_t (2*act_dim,) -> the policy's mode and n-1 samples
+    (n,act_dim) in env units, and their log densities under the policy up to a constant shared by
+    all (n,).
 
     The numbers of ``sample_action`` (temperature 0, then n-1 samples from the same generator),
-    from one head evaluation, in numpy as :meth:`~simagents.model.Simulator.gaussian_policy`."""
-    mean, std = model.gaussian_policy(h_return)
+    in numpy as :meth:`~simagents.model.Simulator.gaussian_policy`."""
+    mean, std = model.gaussian_of(params)
     noise = torch.randn(n - 1, model.act_dim, generator=generator).numpy()
     normalized = np.clip(np.vstack([mean, mean + std * noise]), -1, 1)  # as denormalize_action
     log_density = -0.5 * np.square((normalized - mean) / std).sum(1)
@@ -342,7 +343,7 @@ class PlannerAgent(SimulatorAgent):
             return (actions if self.legal is None else actions[self.legal]), None
         if self.levels:  # a fixed grid instead of policy samples: every part of the range gets scored
             return evenly_spaced_actions(model, self.levels), None
-        return sampled_candidates(model, self.context.hidden(), self.n_candidates, self.generator)
+        return sampled_candidates(model, self.context.policy_params(), self.n_candidates, self.generator)
 
     def choose(self) -> Tensor:
         self.context.queue_return(None)
@@ -364,12 +365,15 @@ class PlannerAgent(SimulatorAgent):
             return total
         if log_p is None:
             model = self.simulator
-            h_return = self.context.hidden()  # (1,d) at R_t: already run with the candidates, no new pass
+            params = self.context.policy_params()  # at R_t: already run with the candidates, no new pass
             if model.act_discrete:  # the logits: log probabilities up to the log-partition
-                log_p = model.action_params_array(h_return)[candidates.numpy() - model.act_start]
+                log_p = params[candidates.numpy() - model.act_start]
             else:
+                h_return = self.context.hidden()
                 log_p = model.action_log_prob(h_return.expand(candidates.shape[0], -1), candidates).numpy()
-        return total.masked_fill(torch.from_numpy(log_p < log_p.max() + math.log(self.support)), -torch.inf)
+        return torch.from_numpy(
+            np.where(log_p < log_p.max() + math.log(self.support), -np.inf, total.numpy())
+        )
 
     def score(self, candidates: Tensor) -> PlanScores:
         """Predicted return of each candidate (N,) or (N,act_dim) at the current step (return token pushed)."""
