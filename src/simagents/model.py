@@ -863,6 +863,20 @@ class ActionEvaluation:
     reward: Tensor  # (N,) predicted immediate reward
 
 
+_LayerWeights = tuple[
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+]
+
+
 class _DecodeWeights:
     """The weights :class:`Context` decodes with, laid out for its compiled pass (:mod:`simagents.kernels`).
 
@@ -929,7 +943,7 @@ class _DecodeWeights:
         empty = np.empty(0, dtype=np.float32)
         self.norms = self.qkv_w = self.qkv_b = self.proj_w = self.proj_b = empty  # (L,4,C), (L,3C,C), ...
         self.fc_w = self.fc_b = self.out_w = self.out_b = empty
-        self.layers: tuple[np.ndarray, ...] = ()  # all of them, in decode_layers' order of arguments
+        self.layers: _LayerWeights  # all of them, in decode_layers' order of arguments
         self.refresh()
 
     def refresh(self) -> None:
@@ -993,8 +1007,10 @@ class _DecodeWeights:
             )
             self.qkv_w, self.proj_w, self.fc_w, self.out_w = (weights(i) for i in range(4))
             self.qkv_b, self.proj_b, self.fc_b, self.out_b = (biases(i) for i in range(4))
-            self.layers = (self.norms, self.eps, self.qkv_w, self.qkv_b, self.proj_w, self.proj_b)
-            self.layers += (self.fc_w, self.fc_b, self.out_w, self.out_b)
+            self.layers = (
+                *(self.norms, self.eps, self.qkv_w, self.qkv_b, self.proj_w, self.proj_b),
+                *(self.fc_w, self.fc_b, self.out_w, self.out_b),
+            )
         self.versions = versions
 
 
