@@ -732,9 +732,10 @@ class Simulator(nn.Module):
     ) -> Tensor:
         """Box: the policy head's output (2*act_dim,) -> n actions (n,act_dim) in env units, as
         :meth:`sample_action` (temperature 0 takes the mode)."""
+        if temperature == 0:  # the mode: the mean alone
+            mean = np.tanh(params[: self.act_dim])
+            return self.denormalize_action_array(np.tile(mean, (n, 1)))
         mean, std = self.gaussian_of(params)
-        if temperature == 0:
-            return self.denormalize_action_array(mean if n == 1 else np.tile(mean, (n, 1))).reshape(n, -1)
         noise = torch.randn(n, self.act_dim, generator=generator).numpy()
         return self.denormalize_action_array(mean + temperature * std * noise)
 
