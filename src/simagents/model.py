@@ -61,6 +61,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -725,19 +726,26 @@ class Simulator(nn.Module):
                 return params.argmax().repeat(n) + self.act_start
             probs = F.softmax(params / temperature, -1)
             return torch.multinomial(probs, n, replacement=True, generator=generator) + self.act_start
-        return self.gaussian_sample(self.action_params_array(h_return), generator, temperature, n)
+        return self.gaussian_sample(self.action_params_array(h_return), generator, temperature, n=n)
 
     def gaussian_sample(
-        self, params: np.ndarray, generator: torch.Generator | None, temperature: float = 1.0, n: int = 1
+        self,
+        params: np.ndarray,
+        generator: torch.Generator | None,
+        temperature: float = 1.0,
+        n: int | None = None,
     ) -> Tensor:
         """Box: the policy head's output (2*act_dim,) -> n actions (n,act_dim) in env units, as
-        :meth:`sample_action` (temperature 0 takes the mode)."""
+        :meth:`sample_action` (temperature 0 takes the mode); n None: one action (act_dim,)."""
+        rows = 1 if n is None else n
         if temperature == 0:  # the mode: the mean alone
             mean = np.tanh(params[: self.act_dim])
-            return self.denormalize_action_array(np.tile(mean, (n, 1)))
-        mean, std = self.gaussian_of(params)
-        noise = torch.randn(n, self.act_dim, generator=generator).numpy()
-        return self.denormalize_action_array(mean + temperature * std * noise)
+            normalised = mean if n is None else np.repeat(mean[None], rows, 0)
+        else:
+            mean, std = self.gaussian_of(params)
+            noise = torch.randn(rows, self.act_dim, generator=generator).numpy()
+            normalised = mean + temperature * std * (noise[0] if n is None else noise)
+        return self.denormalize_action_array(normalised)
 
     def action_params_array(self, h_return: Tensor) -> np.ndarray:
         """:meth:`action_params` of one row: hidden at R_t (1,d) -> (act_dim,) logits or
@@ -864,6 +872,7 @@ class ActionEvaluation:
     reward: Tensor  # (N,) predicted immediate reward
 
 
+_VERSION = operator.attrgetter("_version")  # a tensor's count of in-place changes
 _LayerWeights = tuple[
     np.ndarray,
     np.ndarray,
@@ -949,7 +958,7 @@ class _DecodeWeights:
 
     def refresh(self) -> None:
         """Rebuild the copies if a parameter they copy has changed since they were built."""
-        versions = tuple(p._version for p in self.sources)
+        versions = tuple(map(_VERSION, self.sources))  # map, not a generator: ~2x faster on 55
         if versions == self.versions:
             return
         model, d = self.model, self.d
@@ -1264,7 +1273,14 @@ class Context:
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
         """The action taken, as evidence (False) or as an intervention (True)."""
-        self.pending += self._write_actions(action.unsqueeze(0), intervention)
+        model, w = self.model, self.weights
+        flag = w.flag_row + int(intervention)
+        if model.act_discrete:
+            self._push(w.act_row - model.act_start + int(action), -1, 0.0, extra_row=flag)
+        else:
+            values = (action.detach() if action.requires_grad else action).numpy().reshape(-1)
+            normalised = 2 * (values - w.act_low) / w.act_span - 1  # as _write_actions
+            self._push(w.act_row, w.act_col, normalised, extra_row=flag)
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""

@@ -143,21 +143,21 @@ class SimulatorAgent:
 
     def sample_action(self, temperature: float) -> Tensor:
         """The policy head's sample at the return token just pushed, illegal actions given
-        probability 0: (1,) or (1,act_dim).
+        probability 0: one action, () long or (act_dim,).
 
         For Discrete actions the distribution it was drawn from is kept in
         :attr:`action_probabilities` (None at temperature 0: a choice, not a draw)."""
         params = self.context.policy_params()
         if not self.simulator.act_discrete:
-            return self.simulator.gaussian_sample(params, self.generator, temperature)
+            return self.simulator.gaussian_sample(params, self.generator, temperature)  # (act_dim,)
         logits = torch.from_numpy(params.copy())
         if self.legal is not None:
             logits = logits.masked_fill(~self.legal, -torch.inf)
         if temperature == 0:
-            return logits.argmax().reshape(1) + self.simulator.act_start
+            return logits.argmax() + self.simulator.act_start
         probs = torch.softmax(logits / temperature, -1)
         self.action_probabilities = probs.numpy()
-        return torch.multinomial(probs, 1, generator=self.generator) + self.simulator.act_start
+        return torch.multinomial(probs, 1, generator=self.generator)[0] + self.simulator.act_start
 
     def observe_reward(self, reward: float) -> None:
         """Hook: the reward just received (e.g. a Decision Transformer lowers its target)."""
@@ -205,7 +205,7 @@ def to_env_action(action: Tensor, space: gym.Space[Any]) -> Any:
         return int(action.reshape(()).item())
     if space.shape is None:
         raise SimagentsError(f"unsupported action space {space}: use Discrete or Box")
-    return action.reshape(space.shape).numpy().astype(space.dtype)
+    return action.numpy().reshape(space.shape).astype(space.dtype)  # a copy: the env may keep it
 
 
 AgentFactory = Callable[..., Agent]

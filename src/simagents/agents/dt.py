@@ -75,7 +75,7 @@ class DecisionTransformerAgent(SimulatorAgent):
             self.target = self._expert_return(self.expert)
         self.context.queue_return(self.target)
         self.step_records.append({"prompted_return": self.target})
-        return self.sample_action(self.temperature)[0]
+        return self.sample_action(self.temperature)
 
     def _expert_return(self, kappa: float) -> float:
         """Sample R ∝ P(R | history) exp(κ R) from the value head at the current observation."""

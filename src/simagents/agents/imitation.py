@@ -22,4 +22,4 @@ class ImitationAgent(SimulatorAgent):
 
     def choose(self) -> Tensor:
         self.context.queue_return(None)
-        return self.sample_action(self.temperature)[0]
+        return self.sample_action(self.temperature)

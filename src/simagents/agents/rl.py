@@ -141,7 +141,7 @@ class RLAgent(SimulatorAgent):
         model = self.simulator
         h = self.context.push_return(None)  # (1,d)
         if model.act_discrete:
-            action = self.sample_action(self.temperature)[0]  # illegal actions (env's mask) excluded
+            action = self.sample_action(self.temperature)  # illegal actions (env's mask) excluded
             drawn = action
         else:
             mean, log_std = model._gaussian(model.action_params(h).reshape(-1))  # normalised units
