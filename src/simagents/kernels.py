@@ -256,12 +256,13 @@ def decode_tokens(
     rows: np.ndarray,
     features: np.ndarray,
     direct: np.ndarray,
+    first: int,
+    end: int,
     table: np.ndarray,
     features_weight: np.ndarray,
     embeddings: np.ndarray,
     start: int,
     committed: int,
-    read: int,
     kv: np.ndarray,
     norms: np.ndarray,
     eps: np.ndarray,
@@ -280,12 +281,20 @@ def decode_tokens(
     policy_b: np.ndarray,
     policy: np.ndarray,
 ) -> np.ndarray:
-    """:func:`embed_tokens`, then :func:`decode_layers`, the final layer norm and, with committed
-    rows, the policy head (weight (C,P), bias (P,)) at the last of them into ``policy`` (P,), in
-    one call: at batch 1 each call from Python costs more than the arithmetic of a small step.
-    The committed rows' embeddings are stored at ``embeddings[start:start + committed]``, for refills."""
-    x = embed_tokens(rows, features, direct, table, features_weight)
+    """Tokens first..end of the token arrays (rows, features, direct as :func:`embed_tokens`
+    reads them) -> the states :func:`decode_layers` returns after the final layer norm, the first
+    ``committed`` tokens kept in the cache at slots start.., the rest candidates.
+
+    All in one call, as is the policy head (weight (C,P), bias (P,)) at the last committed
+    token, written into ``policy`` (P,): after a pass over more weights than the core's cache
+    holds, each call from Python costs more than the arithmetic of a small step. The committed
+    tokens' embeddings are stored at ``embeddings[start:start + committed]``, for refills; the
+    tokens' features and direct content are zeroed, so the arrays' next tokens start clear."""
+    x = embed_tokens(rows[first:end], features[first:end], direct[first:end], table, features_weight)
+    features[first:end] = 0
+    direct[first:end] = 0
     embeddings[start : start + committed] = x[:committed]
+    read = max(committed - 1, 0)  # the first row the last layer computes
     h = decode_layers(
         x,
         start,

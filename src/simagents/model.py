@@ -772,7 +772,7 @@ class Simulator(nn.Module):
     def denormalize_action_array(self, actions: np.ndarray) -> Tensor:
         """:meth:`denormalize_action` of a numpy array in [-1, 1] units (clipped to them)."""
         weights = _decode_weights(self)
-        return torch.from_numpy(weights.act_low + (np.clip(actions, -1, 1) + 1) * 0.5 * weights.act_span)
+        return torch.from_numpy(weights.act_low + (np.clip(actions, -1, 1) + 1) * weights.act_half_span)
 
     def expected_return(self, logits: Tensor) -> Tensor:
         """Return-bin logits (...,bins) -> expected return (...) in env units."""
@@ -925,6 +925,7 @@ class _DecodeWeights:
         self.obs_std = np.asarray(stats.obs_std, dtype=np.float32)
         self.act_low = np.asarray(stats.act_low, dtype=np.float32)
         self.act_span = np.asarray(stats.act_high, dtype=np.float32) - self.act_low
+        self.act_half_span = 0.5 * self.act_span  # (a + 1) * 0.5 * span exactly: halving is exact
         self.return_mid = np.float32(0.5 * (stats.return_low + stats.return_high))
         self.return_half = np.float32(0.5 * (stats.return_high - stats.return_low))
         embeddings = [model.time_embed, model.label_embed, model.intervention_embed, model.obs_embed]
@@ -1076,6 +1077,7 @@ class Context:
         self.label_row = self.weights.label_row + index if model.label_embed is not None else None
         cfg = model.cfg
         self.max_tokens = TOKENS_PER_STEP * cfg.context_len
+        self.n_head = cfg.n_head
         self.length = 0  # tokens in the cache
         # the embeddings of the cached tokens, for refills
         self.embeddings = np.zeros((self.max_tokens, cfg.n_embd), np.float32)
@@ -1169,41 +1171,41 @@ class Context:
         w.refresh()
         first, pending = 0, self.pending
         end = pending + candidates
+        self.pending = 0
         if pending and self.length + pending > self.max_tokens:
             tokens = (self.token_rows[:pending], self.token_features[:pending], self.token_direct[:pending])
             self._refill(embed_tokens(*tokens, w.table, w.features_weight))
+            self.token_features[:pending] = 0
+            self.token_direct[:pending] = 0
             first, pending = pending, 0
-        h = None
-        if end > first:
-            if self.length + end - first > self.kv.shape[1]:
-                self._allocate(self.length + end - first)
-            read = max(pending - 1, 0)  # the first row the last layer computes
-            h = decode_tokens(
-                self.token_rows[first:end],
-                self.token_features[first:end],
-                self.token_direct[first:end],
-                w.table,
-                w.features_weight,
-                self.embeddings,
-                self.length,
-                pending,
-                read,
-                self.kv,
-                *w.layers,
-                self.model.cfg.n_head,
-                w.final_norm,
-                w.final_eps,
-                w.policy_weight,
-                w.policy_bias,
-                self.last_policy,
-            )
-            self.length += pending
-            if pending:
-                self.last_hidden, h = torch.from_numpy(h[:1]), h[1:]
-        self.token_features[:end] = 0
-        self.token_direct[:end] = 0
-        self.pending = 0
-        return torch.from_numpy(h) if candidates and h is not None else None
+        if end == first:
+            return None
+        if self.length + end - first > self.kv.shape[1]:
+            self._allocate(self.length + end - first)
+        h = decode_tokens(  # clears the features and content of tokens first..end for reuse
+            self.token_rows,
+            self.token_features,
+            self.token_direct,
+            first,
+            end,
+            w.table,
+            w.features_weight,
+            self.embeddings,
+            self.length,
+            pending,
+            self.kv,
+            *w.layers,
+            self.n_head,
+            w.final_norm,
+            w.final_eps,
+            w.policy_weight,
+            w.policy_bias,
+            self.last_policy,
+        )
+        self.length += pending
+        if pending:
+            self.last_hidden, h = torch.from_numpy(h[:1]), h[1:]
+        return torch.from_numpy(h) if candidates else None
 
     def _refill(self, new: np.ndarray) -> None:
         """The cache is full: keep the newest whole steps (and the step begun) with ``new``, rebuild it from them."""

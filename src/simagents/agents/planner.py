@@ -349,20 +349,23 @@ class PlannerAgent(SimulatorAgent):
         self.context.queue_return(None)
         candidates, log_p = self.candidate_actions()
         scores = self.score(candidates)
-        best = int(torch.argmax(self.supported(scores.total, candidates, log_p)))
+        best = int(np.argmax(self.supported(scores.total, candidates, log_p)))
+        # numpy, not torch indexing: at batch 1 a torch call costs several times a numpy one
+        total, reward = scores.total.numpy(), scores.reward.numpy()
         self.step_records.append(
-            {"predicted_return": float(scores.total[best]), "predicted_reward": float(scores.reward[best])}
+            {"predicted_return": float(total[best]), "predicted_reward": float(reward[best])}
         )
+        action = torch.as_tensor(candidates.numpy()[best])
         if self.value == "bayes":
-            self.trajectory.actions.append(candidates[best])
-        return candidates[best]
+            self.trajectory.actions.append(action)
+        return action
 
-    def supported(self, total: Tensor, candidates: Tensor, log_p: np.ndarray | None = None) -> Tensor:
+    def supported(self, total: Tensor, candidates: Tensor, log_p: np.ndarray | None = None) -> np.ndarray:
         """``total`` (N,) with -inf at the candidates the policy gives under ``support`` times
         its most probable candidate's probability (see the module docstring); ``log_p`` (N,):
         their log probabilities up to a shared constant, if known."""
         if self.support == 0 or candidates.shape[0] < 2:
-            return total
+            return total.numpy()
         if log_p is None:
             model = self.simulator
             params = self.context.policy_params()  # at R_t: already run with the candidates, no new pass
@@ -371,9 +374,7 @@ class PlannerAgent(SimulatorAgent):
             else:
                 h_return = self.context.hidden()
                 log_p = model.action_log_prob(h_return.expand(candidates.shape[0], -1), candidates).numpy()
-        return torch.from_numpy(
-            np.where(log_p < log_p.max() + math.log(self.support), -np.inf, total.numpy())
-        )
+        return np.where(log_p < log_p.max() + math.log(self.support), -np.inf, total.numpy())
 
     def score(self, candidates: Tensor) -> PlanScores:
         """Predicted return of each candidate (N,) or (N,act_dim) at the current step (return token pushed)."""
