@@ -39,6 +39,11 @@ def _compiled(fn: _F) -> _F:
     return cast(_F, numba.njit(fastmath=_FAST, cache=True, nogil=True)(fn))
 
 
+def _compiled_exact(fn: _F) -> _F:
+    """Compiled with IEEE arithmetic: a few values, each computed as numpy and torch would."""
+    return cast(_F, numba.njit(cache=True, nogil=True)(fn))
+
+
 @_compiled
 def _four_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out (4,O) = x (4,I) @ w.T + b, in tiles of 4 rows by 4 outputs: 16 running sums, each
@@ -319,3 +324,51 @@ def decode_tokens(
         for c in range(h.shape[1]):
             policy += h[0, c] * policy_w[c]
     return h
+
+
+# ---- the few small steps of an act around the pass ----------------------------------------------
+# After a pass over more weights than the core's L2 holds, the interpreter's own data is evicted and
+# every numpy call costs several times what it does warm (on the 2-core Xeon: ~7 us against ~1-2);
+# one compiled call in place of a chain of them costs about one.
+
+
+@_compiled_exact
+def gaussian_actions(
+    params: np.ndarray, noise: np.ndarray, temperature: float, low: np.ndarray, half_span: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Box policy head's output (2A,) [mean before tanh, log std] and standard normal ``noise``
+    (n,A) -> actions (n,A) in env units (tanh mean + temperature * std * noise, clipped to [-1, 1],
+    then ``low + (a + 1) * half_span``) and their log densities under the policy, up to a
+    constant shared by all, at the clipped values (n,)."""
+    n, A = noise.shape
+    t = np.float32(temperature)
+    actions = np.empty((n, A), np.float32)
+    log_density = np.zeros(n, np.float32)
+    for i in range(A):
+        mean = np.float32(math.tanh(params[i]))
+        std = np.float32(math.exp(min(max(params[A + i], np.float32(-5.0)), np.float32(1.0))))
+        for r in range(n):
+            a = min(max(mean + t * std * noise[r, i], np.float32(-1.0)), np.float32(1.0))
+            actions[r, i] = low[i] + (a + np.float32(1.0)) * half_span[i]
+            z = (a - mean) / std
+            log_density[r] -= np.float32(0.5) * z * z
+    return actions, log_density
+
+
+@_compiled_exact
+def scaled_into(
+    values: np.ndarray,
+    offset: np.ndarray,
+    scale: np.ndarray,
+    factor: float,
+    shift: float,
+    bound: float,
+    out: np.ndarray,
+    column: int,
+) -> None:
+    """out[column:column + k] = clip((values - offset) / scale * factor + shift, -bound, bound),
+    with values, offset and scale (k,): a token's features from raw values (an observation
+    standardised, an action mapped to [-1, 1]), in float32 as the model's own normalisation."""
+    f, s, b = np.float32(factor), np.float32(shift), np.float32(bound)
+    for i in range(values.shape[0]):
+        out[column + i] = min(max((values[i] - offset[i]) / scale[i] * f + s, -b), b)

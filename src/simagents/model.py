@@ -77,7 +77,14 @@ from torch import Tensor, nn
 
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_bytes, atomic_write_json, from_dict, read_json, to_dict
-from simagents.kernels import decode_layers, decode_tokens, embed_tokens, layer_norm
+from simagents.kernels import (
+    decode_layers,
+    decode_tokens,
+    embed_tokens,
+    gaussian_actions,
+    layer_norm,
+    scaled_into,
+)
 
 TOKENS_PER_STEP = 4  # o, R, a, r
 SCHEMA_VERSION = 1  # of config.json; bump when the architecture's parameters change meaning
@@ -737,15 +744,22 @@ class Simulator(nn.Module):
     ) -> Tensor:
         """Box: the policy head's output (2*act_dim,) -> n actions (n,act_dim) in env units, as
         :meth:`sample_action` (temperature 0 takes the mode); n None: one action (act_dim,)."""
-        rows = 1 if n is None else n
+        shape = (1 if n is None else n, self.act_dim)
         if temperature == 0:  # the mode: the mean alone
-            mean = np.tanh(params[: self.act_dim])
-            normalised = mean if n is None else np.repeat(mean[None], rows, 0)
+            noise = np.zeros(shape, np.float32)
         else:
-            mean, std = self.gaussian_of(params)
-            noise = torch.randn(rows, self.act_dim, generator=generator).numpy()
-            normalised = mean + temperature * std * (noise[0] if n is None else noise)
-        return self.denormalize_action_array(normalised)
+            noise = torch.randn(shape, generator=generator).numpy()
+        actions, _ = self.gaussian_actions(params, noise, temperature)
+        return torch.from_numpy(actions[0] if n is None else actions)
+
+    def gaussian_actions(
+        self, params: np.ndarray, noise: np.ndarray, temperature: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Box: the policy head's output (2*act_dim,) and standard normal noise (n,act_dim) ->
+        actions mean + temperature * std * noise (n,act_dim) in env units (clipped to the range),
+        and their log densities under the policy up to a constant shared by all (n,), in numpy."""
+        weights = _decode_weights(self)
+        return gaussian_actions(params, noise, temperature, weights.act_low, weights.act_half_span)
 
     def action_params_array(self, h_return: Tensor) -> np.ndarray:
         """:meth:`action_params` of one row: hidden at R_t (1,d) -> (act_dim,) logits or
@@ -762,11 +776,7 @@ class Simulator(nn.Module):
 
         :meth:`_gaussian` for one row, head included, in numpy: on these few floats an operation
         costs about 1 us there against 5-20 in torch, a visible share of an action at batch 1."""
-        return self.gaussian_of(self.action_params_array(h_return))
-
-    def gaussian_of(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`gaussian_policy` from the policy head's output (2*act_dim,) instead of its input."""
-        A = self.act_dim
+        params, A = self.action_params_array(h_return), self.act_dim
         return np.tanh(params[:A]), np.exp(np.clip(params[A:], -5, 1))
 
     def denormalize_action_array(self, actions: np.ndarray) -> Tensor:
@@ -914,7 +924,7 @@ class _DecodeWeights:
         self.zero_row = self.reward_row + 1
         # continuous feature columns
         self.obs_col = 0
-        # With an image encoder the observation's content comes whole (DIRECT), not as columns here.
+        # With an image encoder the observation's content comes whole (Context.token_direct), not as columns here.
         self.return_col = 0 if model.obs_discrete or model.obs_encoder else model.obs_dim
         self.act_col = self.return_col + 1
         self.reward_col = self.act_col + (0 if model.act_discrete else model.act_dim)
@@ -1034,10 +1044,6 @@ def _decode_weights(model: Simulator) -> _DecodeWeights:
     return weights
 
 
-DIRECT = -2  # a pending token's "column" when its features are its content (d,), added as they are
-_Features = np.ndarray | np.float32 | float  # a pending token's scaled continuous features
-
-
 class Context:
     """One episode's history, decoded step by step through a KV cache.
 
@@ -1125,18 +1131,17 @@ class Context:
         self.last_policy[:] = h[0] @ w.policy_weight + w.policy_bias
         return torch.from_numpy(h)
 
-    def _push(self, content_row: int, column: int, values: _Features, extra_row: int | None = None) -> None:
+    def _push(self, content_row: int, extra_row: int | None = None) -> int:
+        """A new pending token with these table rows; returns its slot, for the caller to write its
+        continuous features (``token_features``) or direct content (``token_direct``)."""
         w = self.weights
         time_row = min(max(self.timestep, 0), w.time_rows - 1)
         label = self.label_row if self.label_row is not None else w.zero_row
         k = self.pending
         self._reserve(k + 1)
         self.token_rows[k] = (time_row, label, content_row, w.zero_row if extra_row is None else extra_row)
-        if column >= 0:
-            self.token_features[k, column : column + np.size(values)] = values
-        elif column == DIRECT:
-            self.token_direct[k] = values
         self.pending = k + 1
+        return k
 
     def hidden(self) -> Tensor:
         """Run the pending tokens; the hidden state at the last token pushed (1,d)."""
@@ -1231,14 +1236,16 @@ class Context:
         self.timestep += 1
         model, w = self.model, self.weights
         if model.obs_discrete:
-            self._push(w.obs_row + int(obs) - model.obs_start, -1, 0.0)
-        else:
-            normalised = ((obs.detach().numpy().reshape(-1) - w.obs_mean) / w.obs_std).clip(-10, 10)
-            if model.obs_encoder is None:
-                self._push(w.obs_row, w.obs_col, normalised)
-            else:  # the encoder's features are many (1,344 on Connect Four): one torch product, not numpy's
-                features = model.observation_features(torch.from_numpy(normalised))
-                self._push(w.obs_row, DIRECT, F.linear(features, model.obs_embed.weight).detach().numpy())
+            self._push(w.obs_row + int(obs) - model.obs_start)
+            return
+        values = obs.detach().numpy().reshape(-1)
+        k = self._push(w.obs_row)
+        if model.obs_encoder is None:  # as normalize_observation
+            scaled_into(values, w.obs_mean, w.obs_std, 1.0, 0.0, 10.0, self.token_features[k], w.obs_col)
+        else:  # the encoder's features are many (1,344 on Connect Four): one torch product, not numpy's
+            normalised = torch.from_numpy(((values - w.obs_mean) / w.obs_std).clip(-10, 10))
+            features = model.observation_features(normalised)
+            self.token_direct[k] = F.linear(features, model.obs_embed.weight).detach().numpy()
 
     def push_return(self, target: float | None) -> Tensor:
         """Return-to-go token (None: unknown); returns the hidden state at R_t (1,d), the policy's input."""
@@ -1251,9 +1258,10 @@ class Context:
         the step's tokens and the candidates in one pass."""
         w = self.weights
         if target is None:
-            self._push(w.unknown_row, -1, 0.0)
+            self._push(w.unknown_row)
         else:
-            self._push(w.return_row, w.return_col, (np.float32(target) - w.return_mid) / w.return_half)
+            k = self._push(w.return_row)
+            self.token_features[k, w.return_col] = (np.float32(target) - w.return_mid) / w.return_half
 
     def _write_actions(self, actions: Tensor, intervention: bool) -> int:
         """Actions (n,) or (n,act_dim) -> tokens written after the pending ones; returns n."""
@@ -1278,16 +1286,17 @@ class Context:
         model, w = self.model, self.weights
         flag = w.flag_row + int(intervention)
         if model.act_discrete:
-            self._push(w.act_row - model.act_start + int(action), -1, 0.0, extra_row=flag)
+            self._push(w.act_row - model.act_start + int(action), extra_row=flag)
         else:
             values = (action.detach() if action.requires_grad else action).numpy().reshape(-1)
-            normalised = 2 * (values - w.act_low) / w.act_span - 1  # as _write_actions
-            self._push(w.act_row, w.act_col, normalised, extra_row=flag)
+            k = self._push(w.act_row, extra_row=flag)  # as normalize_action: 2 (a - low) / span - 1
+            scaled_into(values, w.act_low, w.act_span, 2.0, -1.0, np.inf, self.token_features[k], w.act_col)
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""
         w = self.weights
-        self._push(w.reward_row, w.reward_col, np.float32(reward) / np.float32(self.model.stats.reward_scale))
+        k = self._push(w.reward_row)
+        self.token_features[k, w.reward_col] = np.float32(reward) / np.float32(self.model.stats.reward_scale)
 
     def evaluate_actions(self, candidates: Tensor, intervention: bool) -> ActionEvaluation:
         """Score N candidate actions (N,) or (N,act_dim) as one batch on the shared cached prefix.

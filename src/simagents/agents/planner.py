@@ -261,12 +261,11 @@ def sampled_candidates(
     all (n,).
 
     The numbers of ``sample_action`` (temperature 0, then n-1 samples from the same generator),
-    in numpy as :meth:`~simagents.model.Simulator.gaussian_policy`."""
-    mean, std = model.gaussian_of(params)
-    noise = torch.randn(n - 1, model.act_dim, generator=generator).numpy()
-    normalized = np.clip(np.vstack([mean, mean + std * noise]), -1, 1)  # as denormalize_action
-    log_density = -0.5 * np.square((normalized - mean) / std).sum(1)
-    return model.denormalize_action_array(normalized), log_density
+    from one evaluation of :meth:`~simagents.model.Simulator.gaussian_actions`."""
+    noise = np.zeros((n, model.act_dim), np.float32)  # the first row: the mode
+    noise[1:] = torch.randn(n - 1, model.act_dim, generator=generator).numpy()
+    actions, log_density = model.gaussian_actions(params, noise, 1.0)
+    return torch.from_numpy(actions), log_density
 
 
 def evenly_spaced_actions(model: Simulator, levels: int) -> Tensor:
