@@ -1231,14 +1231,15 @@ class Context:
         self.hidden()
         return -(-self.length // TOKENS_PER_STEP)
 
-    def push_observation(self, obs: Tensor) -> None:
-        """Start a new timestep with its observation: (obs_dim,) floats or a scalar index."""
+    def push_observation(self, obs: Tensor | np.ndarray | int) -> None:
+        """Start a new timestep with its observation: an index (Discrete), or floats of the
+        observation's shape or flattened (Box), as a tensor, an array or the env gives it."""
         self.timestep += 1
         model, w = self.model, self.weights
         if model.obs_discrete:
             self._push(w.obs_row + int(obs) - model.obs_start)
             return
-        values = obs.detach().numpy().reshape(-1)
+        values = np.asarray(obs, dtype=np.float32).reshape(-1)
         k = self._push(w.obs_row)
         if model.obs_encoder is None:  # as normalize_observation
             scaled_into(values, w.obs_mean, w.obs_std, 1.0, 0.0, 10.0, self.token_features[k], w.obs_col)

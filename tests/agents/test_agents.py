@@ -364,3 +364,28 @@ def test_bayes_planner_rereads_the_episode_it_played(obs_space, act_space):
         assert agent.episode_metrics()["predicted_return"] == pytest.approx(
             np.mean([r["predicted_return"] for r in agent.step_records])
         )
+
+
+def test_act_runs_without_autograd_and_gives_the_callers_grad_mode_back():
+    from simagents.agents.imitation import ImitationAgent
+
+    seen: list[bool] = []
+
+    class Probe(ImitationAgent):
+        def choose(self) -> torch.Tensor:
+            seen.append(torch.is_grad_enabled())
+            if len(seen) == 2:
+                raise RuntimeError("a procedure that fails mid-act")
+            return super().choose()
+
+    agent = Probe(tiny_model(BOX_OBS, BOX_ACT))
+    agent.reset(seed=0)
+    for grad in (True, False):
+        seen.clear()
+        with torch.set_grad_enabled(grad):
+            action = agent.act(np.zeros(3, np.float32))
+            assert torch.is_grad_enabled() is grad
+            with pytest.raises(RuntimeError, match="fails mid-act"):
+                agent.act(np.zeros(3, np.float32), 0.0)
+            assert torch.is_grad_enabled() is grad  # restored after the error too
+        assert seen == [False, False] and BOX_ACT.contains(action)
