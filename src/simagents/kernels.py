@@ -9,11 +9,15 @@ on a 2-core Intel Xeon, 2026-12-06, 1.3-1.8x the speed of four rows by one outpu
 rows), and the small steps between (layer norms, GELU, attention over the cached keys) run in
 the same loops, with no temporaries allocated per call. At the reference size (3 layers, width
 128) the pass reads 2.4 MB of weights per call; where that exceeds the core's L2 (2 MB on that
-Xeon) they stream from L3, and a layer's pass at one row takes 38.5 us instead of 20.6.
+Xeon) they stream from L3 (a 384x128 product at one row: 6.1 us against 3.1 from L2), and the
+pass evicts the interpreter's own data: the Python and numpy steps after it run 3-5 times
+slower than warm (the dt policy step 118 us against 30 after reading 2 MB of other data). So
+the steps around the pass are compiled too, each one call (:func:`decode_tokens` embeds the
+tokens, runs the pass and the policy head; :func:`gaussian_actions`, :func:`scaled_into`).
 
 The arithmetic is the model's, in float32, so the outputs equal the torch forward pass to
 float32 rounding (sums reassociated for SIMD); ``tests/test_model.py`` checks it against
-``Simulator.forward``. The first call in a process compiles (about 6 s) or loads the
+``Simulator.forward``. The first call in a process compiles (about 15 s) or loads the
 compiled code from numba's cache beside this file (or, where that is read-only, in the user's
 cache; ``NUMBA_CACHE_DIR`` picks another folder).
 

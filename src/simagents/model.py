@@ -1058,22 +1058,19 @@ class Context:
     the simulator to continue the episode as that policy; None leaves it unknown.
 
     At batch 1 an ``act`` is bound by per-call overhead and by reading the weights (2.4 MB at
-    the reference size, hidden 128 and 3 layers: more than a core's L2). So the pass is one
-    compiled call (:func:`simagents.kernels.decode_layers`) rather than some 35 torch calls,
-    and passes are few: a planner whose candidates are known before the step (Discrete actions,
-    a grid) runs them in the same pass as the step's own tokens (:meth:`queue_return`,
-    :meth:`evaluate_actions`). The tokens waiting are embedded together (in numpy: a table
-    lookup and one product, :class:`_DecodeWeights`); the keys and values of each layer are
-    written in place into one preallocated buffer; candidates of :meth:`evaluate_actions` sit in
-    scratch slots after the history, each seeing the history and itself; the last layer runs
-    its query, attention and MLP only for the rows read, and the final layer norm only on them.
+    the reference size, hidden 128 and 3 layers: more than a core's L2, so each pass also evicts
+    the interpreter's data and every Python or numpy step after it runs several times slower
+    than warm). So the pass is one compiled call (:func:`simagents.kernels.decode_tokens`)
+    rather than some 35 torch calls, and passes are few: a planner whose candidates are known
+    before the step (Discrete actions, a grid) runs them in the same pass as the step's own
+    tokens (:meth:`queue_return`, :meth:`evaluate_actions`). Tokens wait in three preallocated
+    arrays (per token its four table rows, its continuous features, content added as it is),
+    which the compiled call embeds, runs and clears, computing the policy head at the last
+    token as it goes (:meth:`policy_params`); the keys and values of each layer are written in
+    place into one preallocated buffer; candidates of :meth:`evaluate_actions` sit in scratch
+    slots after the history, each seeing the history and itself; the last layer runs its
+    query, attention and MLP only for the rows read, and the final layer norm only on them.
     """
-
-    # Tokens waiting to run, then any candidates after them, are kept in three preallocated
-    # arrays (the table rows, the continuous features and the content added as it is of each),
-    # which one compiled call embeds and runs (:func:`simagents.kernels.decode_tokens`): the pass
-    # reads more than a core's L2 and so evicts the interpreter's own data, after which every
-    # Python or numpy step costs several times what it does warm, so an act takes as few as it can.
 
     def __init__(self, model: Simulator, label: str | None = None) -> None:
         self.model = model
