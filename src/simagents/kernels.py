@@ -35,6 +35,21 @@ import numpy as np
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+LayerWeights = tuple[
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+]
+"""The blocks' weights in :func:`decode_layers`' order: norms, eps, qkv_w, qkv_b, proj_w, proj_b,
+fc_w, fc_b, out_w, out_b."""
+
 # Reassociation lets sums vectorise; no "nnan"/"ninf": nothing here relies on those being absent.
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -273,16 +288,7 @@ def decode_tokens(
     start: int,
     committed: int,
     kv: np.ndarray,
-    norms: np.ndarray,
-    eps: np.ndarray,
-    qkv_w: np.ndarray,
-    qkv_b: np.ndarray,
-    proj_w: np.ndarray,
-    proj_b: np.ndarray,
-    fc_w: np.ndarray,
-    fc_b: np.ndarray,
-    out_w: np.ndarray,
-    out_b: np.ndarray,
+    layers: LayerWeights,
     n_head: int,
     final_norm: np.ndarray,
     final_eps: float,
@@ -292,7 +298,8 @@ def decode_tokens(
 ) -> np.ndarray:
     """Tokens first..end of the token arrays (rows, features, direct as :func:`embed_tokens`
     reads them) -> the states :func:`decode_layers` returns after the final layer norm, the first
-    ``committed`` tokens kept in the cache at slots start.., the rest candidates.
+    ``committed`` tokens kept in the cache at slots start.., the rest candidates; ``layers`` are
+    the layers' weights in :func:`decode_layers`' order (norms .. out_b).
 
     All in one call, as is the policy head (weight (C,P), bias (P,)) at the last committed
     token, written into ``policy`` (P,): after a pass over more weights than the core's cache
@@ -304,24 +311,7 @@ def decode_tokens(
     direct[first:end] = 0
     embeddings[start : start + committed] = x[:committed]
     read = max(committed - 1, 0)  # the first row the last layer computes
-    h = decode_layers(
-        x,
-        start,
-        committed,
-        read,
-        kv,
-        norms,
-        eps,
-        qkv_w,
-        qkv_b,
-        proj_w,
-        proj_b,
-        fc_w,
-        fc_b,
-        out_w,
-        out_b,
-        n_head,
-    )
+    h = decode_layers(x, start, committed, read, kv, *layers, n_head)
     layer_norm(h, final_norm[0], final_norm[1], final_eps, h)
     if committed > 0:
         policy[:] = policy_b

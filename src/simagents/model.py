@@ -78,6 +78,7 @@ from torch import Tensor, nn
 from simagents.errors import SimagentsError
 from simagents.io import atomic_write_bytes, atomic_write_json, from_dict, read_json, to_dict
 from simagents.kernels import (
+    LayerWeights,
     decode_layers,
     decode_tokens,
     embed_tokens,
@@ -883,18 +884,6 @@ class ActionEvaluation:
 
 
 _VERSION = operator.attrgetter("_version")  # a tensor's count of in-place changes
-_LayerWeights = tuple[
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-    np.ndarray,
-]
 
 
 class _DecodeWeights:
@@ -964,7 +953,7 @@ class _DecodeWeights:
         empty = np.empty(0, dtype=np.float32)
         self.norms = self.qkv_w = self.qkv_b = self.proj_w = self.proj_b = empty  # (L,4,C), (L,3C,C), ...
         self.fc_w = self.fc_b = self.out_w = self.out_b = empty
-        self.layers: _LayerWeights  # all of them, in decode_layers' order of arguments
+        self.layers: LayerWeights  # all of them, in decode_layers' order of arguments
         self.refresh()
 
     def refresh(self) -> None:
@@ -1196,7 +1185,7 @@ class Context:
             self.length,
             pending,
             self.kv,
-            *w.layers,
+            w.layers,
             self.n_head,
             w.final_norm,
             w.final_eps,
