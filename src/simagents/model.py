@@ -772,19 +772,6 @@ class Simulator(nn.Module):
         )
         return params
 
-    def gaussian_policy(self, h_return: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Box: hidden at R_t (1,d) -> the policy's mean in [-1, 1] and its std, (act_dim,) each.
-
-        :meth:`_gaussian` for one row, head included, in numpy: on these few floats an operation
-        costs about 1 us there against 5-20 in torch, a visible share of an action at batch 1."""
-        params, A = self.action_params_array(h_return), self.act_dim
-        return np.tanh(params[:A]), np.exp(np.clip(params[A:], -5, 1))
-
-    def denormalize_action_array(self, actions: np.ndarray) -> Tensor:
-        """:meth:`denormalize_action` of a numpy array in [-1, 1] units (clipped to them)."""
-        weights = _decode_weights(self)
-        return torch.from_numpy(weights.act_low + (np.clip(actions, -1, 1) + 1) * weights.act_half_span)
-
     def expected_return(self, logits: Tensor) -> Tensor:
         """Return-bin logits (...,bins) -> expected return (...) in env units."""
         return F.softmax(logits, -1) @ self.return_bins
@@ -945,7 +932,7 @@ class _DecodeWeights:
         self.evaluation_weight = np.empty((d, 0), dtype=np.float32)  # (d, bins + 1)
         self.evaluation_bias = np.empty(0, dtype=np.float32)  # (bins + 1,)
         self.return_bins = np.empty(0, dtype=np.float32)  # (bins,)
-        # The policy head at one row, in numpy (Simulator.gaussian_policy)
+        # The policy head at one row, in numpy (Simulator.action_params_array)
         self.policy_weight = np.empty((d, 0), dtype=np.float32)  # (d, out)
         self.policy_bias = np.empty(0, dtype=np.float32)  # (out,)
         self.final_norm = np.empty((2, d), dtype=np.float32)  # ln_f weight, bias
@@ -1066,7 +1053,10 @@ class Context:
         self.weights = _decode_weights(model)
         index = model.label_index(label)  # SimagentsError for a label not in the data
         self.label = torch.tensor([index]) if label is not None else None  # (1,) or None: unknown
-        self.label_row = self.weights.label_row + index if model.label_embed is not None else None
+        # the table row each token adds for its label: the zero row without label conditioning
+        self.label_row = (
+            self.weights.label_row + index if model.label_embed is not None else self.weights.zero_row
+        )
         cfg = model.cfg
         self.max_tokens = TOKENS_PER_STEP * cfg.context_len
         self.n_head = cfg.n_head
@@ -1112,7 +1102,7 @@ class Context:
         if self.length + n > self.kv.shape[1]:
             self._allocate(self.length + n)
         w = self.weights
-        h = decode_layers(x, self.length, n, n - 1, self.kv, *w.layers, self.model.cfg.n_head)
+        h = decode_layers(x, self.length, n, n - 1, self.kv, *w.layers, self.n_head)
         layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
         self.last_policy[:] = h[0] @ w.policy_weight + w.policy_bias
         return torch.from_numpy(h)
@@ -1121,13 +1111,16 @@ class Context:
         """A new pending token with these table rows; returns its slot, for the caller to write its
         continuous features (``token_features``) or direct content (``token_direct``)."""
         w = self.weights
-        time_row = min(max(self.timestep, 0), w.time_rows - 1)
-        label = self.label_row if self.label_row is not None else w.zero_row
         k = self.pending
         self._reserve(k + 1)
-        self.token_rows[k] = (time_row, label, content_row, w.zero_row if extra_row is None else extra_row)
+        extra = w.zero_row if extra_row is None else extra_row
+        self.token_rows[k] = (self._time_row(), self.label_row, content_row, extra)
         self.pending = k + 1
         return k
+
+    def _time_row(self) -> int:
+        """The table row of the current timestep's embedding (the last one past max_timestep)."""
+        return min(max(self.timestep, 0), self.weights.time_rows - 1)
 
     def hidden(self) -> Tensor:
         """Run the pending tokens; the hidden state at the last token pushed (1,d)."""
@@ -1256,8 +1249,8 @@ class Context:
         n, at = actions.shape[0], self.pending
         self._reserve(at + n)
         rows = self.token_rows[at : at + n]
-        rows[:, 0] = min(max(self.timestep, 0), w.time_rows - 1)
-        rows[:, 1] = self.label_row if self.label_row is not None else w.zero_row
+        rows[:, 0] = self._time_row()
+        rows[:, 1] = self.label_row
         rows[:, 3] = w.flag_row + int(intervention)
         if model.act_discrete:
             rows[:, 2] = actions.reshape(-1).numpy() + (w.act_row - model.act_start)
