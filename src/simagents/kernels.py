@@ -274,7 +274,8 @@ def embed_tokens(
         for f in range(features.shape[1]):
             value = features[r, f]
             if value != 0:  # most of a token's features are zero: it has one kind of content
-                x[r] += value * features_weight[f]
+                for c in range(x.shape[1]):
+                    x[r, c] += value * features_weight[f, c]
     return x
 
 
@@ -304,7 +305,7 @@ def decode_tokens(
     ``committed`` tokens kept in the cache at slots start.., the rest candidates; ``layers`` are
     the layers' weights in :func:`decode_layers`' order (norms .. out_b).
 
-    All in one call, as is the policy head (weight (C,P), bias (P,)) at the last committed
+    All in one call, as is the policy head (weight (P,C), bias (P,)) at the last committed
     token, written into ``policy`` (P,): after a pass over more weights than the core's cache
     holds, each call from Python costs more than the arithmetic of a small step. The committed
     tokens' embeddings are stored at ``embeddings[start:start + committed]``, for refills; the
@@ -317,9 +318,7 @@ def decode_tokens(
     h = decode_layers(x, start, committed, read, kv, *layers, n_head)
     layer_norm(h, final_norm[0], final_norm[1], final_eps, h)
     if committed > 0:
-        policy[:] = policy_b
-        for c in range(h.shape[1]):
-            policy += h[0, c] * policy_w[c]
+        linear(h[:1], policy_w, policy_b, policy.reshape((1, policy.shape[0])))
     return h
 
 
@@ -369,3 +368,42 @@ def scaled_into(
     f, s, b = np.float32(factor), np.float32(shift), np.float32(bound)
     for i in range(values.shape[0]):
         out[column + i] = min(max((values[i] - offset[i]) / scale[i] * f + s, -b), b)
+
+
+@_compiled_exact
+def scaled_rows_into(
+    values: np.ndarray,
+    offset: np.ndarray,
+    scale: np.ndarray,
+    factor: float,
+    shift: float,
+    bound: float,
+    out: np.ndarray,
+    column: int,
+) -> None:
+    """:func:`scaled_into` for each row of values (n,k) into the same row of out (n,F)."""
+    for r in range(values.shape[0]):
+        scaled_into(values[r], offset, scale, factor, shift, bound, out[r], column)
+
+
+@_compiled
+def evaluation_heads(
+    h: np.ndarray, weight: np.ndarray, bias: np.ndarray, bins: np.ndarray, reward_scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Final states h (n,C) at action tokens -> the action-value head's logits (n,B), the return
+    they expect (n,) (softmax over the bins' values (B,)) and the reward head's prediction in env
+    units (n,); weight (B+1,C) and bias (B+1,) are the two heads stacked, the reward last."""
+    n, B = h.shape[0], bins.shape[0]
+    out = np.empty((n, B + 1), np.float32)
+    linear(h, weight, bias, out)
+    logits = out[:, :B]
+    expected = np.empty(n, np.float32)
+    for r in range(n):
+        top = logits[r].max()
+        total = weighted = np.float32(0.0)
+        for k in range(B):
+            p = np.float32(math.exp(logits[r, k] - top))
+            total += p
+            weighted += p * bins[k]
+        expected[r] = weighted / total
+    return logits, expected, out[:, B] * np.float32(reward_scale)

@@ -82,9 +82,12 @@ from simagents.kernels import (
     decode_layers,
     decode_tokens,
     embed_tokens,
+    evaluation_heads,
     gaussian_actions,
     layer_norm,
+    linear,
     scaled_into,
+    scaled_rows_into,
 )
 
 TOKENS_PER_STEP = 4  # o, R, a, r
@@ -767,10 +770,9 @@ class Simulator(nn.Module):
         (2*act_dim,) Gaussian parameters, in numpy (from the decoder's copy of the head)."""
         weights = _decode_weights(self)
         weights.refresh()
-        params: np.ndarray = (
-            h_return.detach().numpy().reshape(-1) @ weights.policy_weight + weights.policy_bias
-        )
-        return params
+        params = np.empty((1, weights.policy_bias.shape[0]), np.float32)
+        linear(h_return.detach().numpy().reshape(1, -1), weights.policy_weight, weights.policy_bias, params)
+        return params[0]
 
     def expected_return(self, logits: Tensor) -> Tensor:
         """Return-bin logits (...,bins) -> expected return (...) in env units."""
@@ -929,11 +931,11 @@ class _DecodeWeights:
         self.table = np.empty((0, d), dtype=np.float32)  # (rows, d)
         self.features_weight = np.empty((0, d), dtype=np.float32)  # (n_features, d)
         # At a_t: the action-value head's logits and the reward head's output in one product
-        self.evaluation_weight = np.empty((d, 0), dtype=np.float32)  # (d, bins + 1)
+        self.evaluation_weight = np.empty((0, d), dtype=np.float32)  # (bins + 1, d)
         self.evaluation_bias = np.empty(0, dtype=np.float32)  # (bins + 1,)
         self.return_bins = np.empty(0, dtype=np.float32)  # (bins,)
-        # The policy head at one row, in numpy (Simulator.action_params_array)
-        self.policy_weight = np.empty((d, 0), dtype=np.float32)  # (d, out)
+        # The policy head at one row, compiled (Simulator.action_params_array)
+        self.policy_weight = np.empty((0, d), dtype=np.float32)  # (out, d)
         self.policy_bias = np.empty(0, dtype=np.float32)  # (out,)
         self.final_norm = np.empty((2, d), dtype=np.float32)  # ln_f weight, bias
         # The blocks' parameters stacked over the L layers, as kernels.decode_layers takes them
@@ -981,10 +983,10 @@ class _DecodeWeights:
             columns.append(model.reward_embed.weight.detach().t())
             self.features_weight = torch.cat(columns).numpy()  # (n_features, d)
             heads = self.evaluation_heads
-            self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).t().contiguous().numpy()
+            self.evaluation_weight = torch.cat([h.weight.detach() for h in heads]).numpy()
             self.evaluation_bias = torch.cat([h.bias.detach() for h in heads]).numpy()
             self.return_bins = model.return_bins.numpy()
-            self.policy_weight = model.action_head.weight.detach().t().contiguous().numpy()
+            self.policy_weight = model.action_head.weight.detach().clone().numpy()
             self.policy_bias = model.action_head.bias.detach().clone().numpy()
             self.final_norm = torch.stack([model.ln_f.weight, model.ln_f.bias]).numpy()
             blocks = typed_blocks(model)
@@ -1104,7 +1106,7 @@ class Context:
         w = self.weights
         h = decode_layers(x, self.length, n, n - 1, self.kv, *w.layers, self.n_head)
         layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
-        self.last_policy[:] = h[0] @ w.policy_weight + w.policy_bias
+        linear(h[:1], w.policy_weight, w.policy_bias, self.last_policy.reshape(1, -1))
         return torch.from_numpy(h)
 
     def _push(self, content_row: int, extra_row: int | None = None) -> int:
@@ -1140,7 +1142,7 @@ class Context:
         self.hidden()
         return self.last_policy
 
-    def _flush(self, candidates: int = 0) -> Tensor | None:
+    def _flush(self, candidates: int = 0) -> np.ndarray | None:
         """Run the pending tokens into the cache, then the ``candidates`` tokens written after them
         without keeping those; sets ``last_hidden``. Returns the candidates' final states (m,d),
         None without candidates.
@@ -1189,7 +1191,7 @@ class Context:
         self.length += pending
         if pending:
             self.last_hidden, h = torch.from_numpy(h[:1]), h[1:]
-        return torch.from_numpy(h) if candidates else None
+        return h if candidates else None
 
     def _refill(self, new: np.ndarray) -> None:
         """The cache is full: keep the newest whole steps (and the step begun) with ``new``, rebuild it from them."""
@@ -1256,9 +1258,10 @@ class Context:
             rows[:, 2] = actions.reshape(-1).numpy() + (w.act_row - model.act_start)
         else:
             rows[:, 2] = w.act_row
-            values = actions.detach().numpy().reshape(n, -1)
-            normalised = 2 * (values - w.act_low) / w.act_span - 1
-            self.token_features[at : at + n, w.act_col : w.act_col + model.act_dim] = normalised
+            values = actions.detach().numpy().reshape(n, -1)  # as push_action's
+            scaled_rows_into(
+                values, w.act_low, w.act_span, 2.0, -1.0, np.inf, self.token_features[at:], w.act_col
+            )
         return n
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
@@ -1288,13 +1291,11 @@ class Context:
         h = self._flush(self._write_actions(candidates, intervention))  # (N,d)
         assert h is not None  # one row per candidate, and there is one
         w = self.weights
-        # In numpy: at a few rows a torch call costs several times numpy's.
-        out = h.numpy() @ w.evaluation_weight + w.evaluation_bias  # (N, bins + 1)
-        logits = out[:, :-1]
-        reward = out[:, -1] * np.float32(self.model.stats.reward_scale)  # as predicted_reward
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        expected_return = (p @ w.return_bins) / p.sum(1)  # as expected_return
-        return ActionEvaluation(*(torch.from_numpy(a) for a in (logits, expected_return, reward)))
+        # compiled: after the pass each numpy or torch call costs several times its warm cost
+        heads = evaluation_heads(
+            h, w.evaluation_weight, w.evaluation_bias, w.return_bins, self.model.stats.reward_scale
+        )
+        return ActionEvaluation(*map(torch.from_numpy, heads))  # as expected_return and predicted_reward
 
     def fork(self, n: int, extra_tokens: int) -> Rollout:
         """n imagined continuations of this history, sharing its cached prefix; the Context is unchanged.
