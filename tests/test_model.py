@@ -251,7 +251,9 @@ def test_fast_decoder_equals_the_training_forward(obs_space, act_space, n_head):
                 candidates = torch.arange(act_space.n)
             else:
                 candidates = torch.from_numpy(
-                    np.random.default_rng(t).uniform(-2, 2, (4, 2)).astype(np.float32)
+                    np.random.default_rng(t)
+                    .uniform(-2, 2, (6, 2))
+                    .astype(np.float32)  # four in a group, two alone
                 )
             flag = bool(episode.interventions[t])
             scored = ctx.evaluate_actions(candidates, flag)

@@ -172,6 +172,65 @@ def gelu_(h: np.ndarray) -> None:
 
 
 @_compiled
+def _attend_four(
+    qkv: np.ndarray,
+    cache: np.ndarray,
+    seen: int,
+    own: int,
+    n_head: int,
+    scale: np.float32,
+    scores: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Attention of four candidate rows (their qkv (4,3C)) over the history's slots [0, seen) of
+    one layer's cache (S,2C) and each its own slot own + k, written to out (4,C); scores (4,>seen)
+    is scratch. Each cached key and value is loaded once for the four rows, as in :func:`_four_rows`."""
+    C = out.shape[1]
+    hd = C // n_head
+    for head in range(n_head):
+        lo, hi = head * hd, (head + 1) * hd
+        q0, q1, q2, q3 = qkv[0, lo:hi], qkv[1, lo:hi], qkv[2, lo:hi], qkv[3, lo:hi]
+        for t in range(seen):
+            key = cache[t, lo:hi]
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for i in range(hd):
+                k = key[i]
+                s0, s1, s2, s3 = s0 + q0[i] * k, s1 + q1[i] * k, s2 + q2[i] * k, s3 + q3[i] * k
+            scores[0, t], scores[1, t], scores[2, t], scores[3, t] = (
+                s0 * scale,
+                s1 * scale,
+                s2 * scale,
+                s3 * scale,
+            )
+        for row in range(4):
+            q, key = qkv[row, lo:hi], cache[own + row, lo:hi]
+            s = np.float32(0.0)
+            for i in range(hd):
+                s += q[i] * key[i]
+            scores[row, seen] = s * scale
+            top = scores[row, : seen + 1].max()
+            total = np.float32(0.0)
+            for t in range(seen + 1):
+                p = np.float32(math.exp(scores[row, t] - top))
+                scores[row, t] = p
+                total += p
+            scores[row, : seen + 1] *= np.float32(1.0) / total
+            p, value = scores[row, seen], cache[own + row, C + lo : C + hi]
+            for i in range(hd):  # a loop: an array expression would allocate a temporary
+                out[row, lo + i] = p * value[i]
+        o0, o1, o2, o3 = out[0, lo:hi], out[1, lo:hi], out[2, lo:hi], out[3, lo:hi]
+        for t in range(seen):
+            value = cache[t, C + lo : C + hi]
+            p0, p1, p2, p3 = scores[0, t], scores[1, t], scores[2, t], scores[3, t]
+            for i in range(hd):
+                v = value[i]
+                o0[i] += p0 * v
+                o1[i] += p1 * v
+                o2[i] += p2 * v
+                o3[i] += p3 * v
+
+
+@_compiled
 def decode_layers(
     x: np.ndarray,
     start: int,
@@ -208,7 +267,7 @@ def decode_layers(
     qkv = np.empty((n, 3 * C), np.float32)
     y = np.empty((n, C), np.float32)
     mlp = np.empty((n, M), np.float32)
-    scores = np.empty(kv.shape[1], np.float32)
+    scores = np.empty((4, kv.shape[1]), np.float32)
     lo = 0
     for layer in range(L):
         layer_norm(x[lo:], norms[layer, 0], norms[layer, 1], eps[layer, 0], h[lo:])
@@ -222,7 +281,14 @@ def decode_layers(
         cache = kv[layer]
         for r in range(n):
             cache[start + r] = qkv[r, C:]
-        for r in range(lo, n):
+        r = lo
+        while r < n:
+            if r >= committed and r + 4 <= n:  # four candidates: same history, each its own slot last
+                _attend_four(
+                    qkv[r : r + 4], cache, start + committed, start + r, n_head, scale, scores, y[r : r + 4]
+                )
+                r += 4
+                continue
             # a committed row sees slots [0, start + r]; a candidate [0, start + committed), then its
             # own slot start + r as its last score
             seen = start + r + 1 if r < committed else start + committed
@@ -237,19 +303,20 @@ def decode_layers(
                     for i in range(hd):
                         s += q[i] * key[i]
                     s *= scale
-                    scores[t] = s
+                    scores[0, t] = s
                     top = max(top, s)
                 total = np.float32(0.0)
                 out = y[r, head * hd : (head + 1) * hd]
                 out[:] = 0.0
                 for t in range(span):
                     slot = t if t < seen else start + r
-                    p = np.float32(math.exp(scores[t] - top))
+                    p = np.float32(math.exp(scores[0, t] - top))
                     total += p
                     value = cache[slot, C + head * hd : C + (head + 1) * hd]
                     for i in range(hd):
                         out[i] += p * value[i]
                 out *= np.float32(1.0) / total
+            r += 1
         linear(y[lo:], proj_w[layer], proj_b[layer], h[lo:])
         x[lo:] += h[lo:]
         layer_norm(x[lo:], norms[layer, 2], norms[layer, 3], eps[layer, 1], h[lo:])
