@@ -770,9 +770,14 @@ class Simulator(nn.Module):
         (2*act_dim,) Gaussian parameters, in numpy (from the decoder's copy of the head)."""
         weights = _decode_weights(self)
         weights.refresh()
-        params = np.empty((1, weights.policy_bias.shape[0]), np.float32)
-        linear(h_return.detach().numpy().reshape(1, -1), weights.policy_weight, weights.policy_bias, params)
-        return params[0]
+        params = np.empty(weights.policy_bias.shape, np.float32)
+        linear(
+            h_return.detach().numpy().reshape(1, -1),
+            weights.policy_weight,
+            weights.policy_bias,
+            params.reshape(1, -1),
+        )
+        return params
 
     def expected_return(self, logits: Tensor) -> Tensor:
         """Return-bin logits (...,bins) -> expected return (...) in env units."""
