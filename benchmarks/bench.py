@@ -5,7 +5,8 @@ Run it with ``make bench``: that builds ``benchmarks/.venv`` (our package beside
 
     benchmarks/.venv/bin/python benchmarks/bench.py [--quick] [--quality] [--threads N]
 
-It prints one JSON object and writes it to ``benchmarks/results/<date>.json``.
+It prints one JSON object and writes it to ``benchmarks/results/<date>.json`` (``<date>T<HHMM>.json``
+where a run of the same day has that name: an earlier run is never overwritten).
 
 Method. Both models have the Decision Transformer's reference size: state 11, action 3 (Box),
 K=20 timesteps, batch 64, hidden 128, 3 layers, 1 head, MLP 512, GELU, no dropout, fp32, the same
@@ -516,7 +517,12 @@ def main() -> None:
     parser.add_argument(
         "--no-bf16", dest="bf16", action="store_false", help="skip the bfloat16 (autocast) training steps"
     )
-    parser.add_argument("--out", type=Path, default=None, help="result file (default results/<date>.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result file (default results/<date>.json, or <date>T<HHMM>.json if that exists)",
+    )
     parser.add_argument("--scaling-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--scaling-steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -527,7 +533,8 @@ def main() -> None:
         return
     args.warmup, args.repeats, args.act_steps = (1, 3, 20) if args.quick else (3, 9, 60)
 
-    date = datetime.datetime.now(datetime.UTC).date().isoformat()
+    now = datetime.datetime.now(datetime.UTC)
+    date = now.date().isoformat()
     load_before = os.getloadavg()
     started = time.perf_counter()
     result: dict[str, object] = {
@@ -548,6 +555,8 @@ def main() -> None:
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     out = args.out or RESULTS / f"{date}.json"
+    if args.out is None and out.exists():  # another run today: keep it
+        out = RESULTS / f"{date}T{now:%H%M}.json"
     atomic_write_json(out, result)
     print(json.dumps(result, indent=2))
 

@@ -41,3 +41,36 @@ def test_layer_norm_equals_torch():
     kernels.layer_norm(x, w, b, 1e-5, out)
     expected = F.layer_norm(torch.from_numpy(x), (64,), torch.from_numpy(w), torch.from_numpy(b)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("log_support", "best"),
+    [(-np.inf, 1), (np.log(0.2), 3), (np.log(0.7), 0)],
+)
+def test_best_supported_takes_the_best_total_among_the_supported(log_support, best):
+    # probabilities 0.5, 0.05, 0.15, 0.3 (as log densities up to a shared constant + 2)
+    log_p = np.log(np.array([0.5, 0.05, 0.15, 0.3], np.float32)) + 2
+    total = np.array([1.0, 9.0, 2.0, 5.0], np.float32)
+    assert kernels.best_supported(total, log_p, log_support) == best
+
+
+def test_best_supported_takes_the_first_of_ties_as_argmax_does():
+    total = np.array([0.0, 3.0, 3.0], np.float32)
+    assert kernels.best_supported(total, np.zeros(3, np.float32), np.log(0.5)) == int(np.argmax(total)) == 1
+
+
+def test_evaluation_heads_equal_the_heads_in_torch():
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(5, 8)).astype(np.float32)
+    value, reward = torch.nn.Linear(8, 7), torch.nn.Linear(8, 1)
+    bins = np.linspace(-3, 4, 7).astype(np.float32)
+    weight = torch.cat([value.weight, reward.weight]).detach().numpy()
+    bias = torch.cat([value.bias, reward.bias]).detach().numpy()
+    logits, expected, predicted = kernels.evaluation_heads(h, weight, bias, bins, 2.5)
+    with torch.no_grad():
+        h_t = torch.from_numpy(h)
+        torch.testing.assert_close(torch.from_numpy(logits), value(h_t))
+        torch.testing.assert_close(
+            torch.from_numpy(expected), F.softmax(value(h_t), -1) @ torch.from_numpy(bins)
+        )
+        torch.testing.assert_close(torch.from_numpy(predicted), 2.5 * reward(h_t)[:, 0])

@@ -474,3 +474,16 @@ def evaluation_heads(
             weighted += p * bins[k]
         expected[r] = weighted / total
     return logits, expected, out[:, B] * np.float32(reward_scale)
+
+
+@_compiled_exact
+def best_supported(total: np.ndarray, log_p: np.ndarray, log_support: float) -> int:
+    """The index of the highest of ``total`` (N,) (the first of ties) among the entries whose
+    ``log_p`` (N,) is at least its maximum + ``log_support`` (<= 0): a planner's choice among the
+    actions its policy supports."""
+    floor = log_p.max() + log_support
+    best = -1
+    for i in range(total.shape[0]):
+        if log_p[i] >= floor and (best < 0 or total[i] > total[best]):
+            best = i
+    return best
