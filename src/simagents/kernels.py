@@ -429,28 +429,14 @@ def scaled_into(
     out: np.ndarray,
     column: int,
 ) -> None:
-    """out[column:column + k] = clip((values - offset) / scale * factor + shift, -bound, bound),
-    with values, offset and scale (k,): a token's features from raw values (an observation
-    standardised, an action mapped to [-1, 1]), in float32 as the model's own normalisation."""
+    """out[:, column:column + k] = clip((values - offset) / scale * factor + shift, -bound, bound),
+    with values (n,k), offset and scale (k,), out (n,F): tokens' features from raw values (an
+    observation standardised, actions mapped to [-1, 1]), in float32 as the model's own
+    normalisation."""
     f, s, b = np.float32(factor), np.float32(shift), np.float32(bound)
-    for i in range(values.shape[0]):
-        out[column + i] = min(max((values[i] - offset[i]) / scale[i] * f + s, -b), b)
-
-
-@_compiled_exact
-def scaled_rows_into(
-    values: np.ndarray,
-    offset: np.ndarray,
-    scale: np.ndarray,
-    factor: float,
-    shift: float,
-    bound: float,
-    out: np.ndarray,
-    column: int,
-) -> None:
-    """:func:`scaled_into` for each row of values (n,k) into the same row of out (n,F)."""
     for r in range(values.shape[0]):
-        scaled_into(values[r], offset, scale, factor, shift, bound, out[r], column)
+        for i in range(values.shape[1]):
+            out[r, column + i] = min(max((values[r, i] - offset[i]) / scale[i] * f + s, -b), b)
 
 
 @_compiled

@@ -87,7 +87,6 @@ from simagents.kernels import (
     layer_norm,
     linear,
     scaled_into,
-    scaled_rows_into,
 )
 
 TOKENS_PER_STEP = 4  # o, R, a, r
@@ -1225,12 +1224,12 @@ class Context:
         if model.obs_discrete:
             self._push(w.obs_row + int(obs) - model.obs_start)
             return
-        values = np.asarray(obs, dtype=np.float32).reshape(-1)
+        values = np.asarray(obs, dtype=np.float32).reshape(1, -1)
         k = self._push(w.obs_row)
         if model.obs_encoder is None:  # as normalize_observation
-            scaled_into(values, w.obs_mean, w.obs_std, 1.0, 0.0, 10.0, self.token_features[k], w.obs_col)
+            scaled_into(values, w.obs_mean, w.obs_std, 1.0, 0.0, 10.0, self.token_features[k:], w.obs_col)
         else:  # the encoder's features are many (1,344 on Connect Four): one torch product, not numpy's
-            normalised = torch.from_numpy(((values - w.obs_mean) / w.obs_std).clip(-10, 10))
+            normalised = torch.from_numpy(((values[0] - w.obs_mean) / w.obs_std).clip(-10, 10))
             features = model.observation_features(normalised)
             self.token_direct[k] = F.linear(features, model.obs_embed.weight).detach().numpy()
 
@@ -1264,9 +1263,7 @@ class Context:
         else:
             rows[:, 2] = w.act_row
             values = actions.detach().numpy().reshape(n, -1)  # as push_action's
-            scaled_rows_into(
-                values, w.act_low, w.act_span, 2.0, -1.0, np.inf, self.token_features[at:], w.act_col
-            )
+            scaled_into(values, w.act_low, w.act_span, 2.0, -1.0, np.inf, self.token_features[at:], w.act_col)
         return n
 
     def push_action(self, action: Tensor, intervention: bool) -> None:
@@ -1276,9 +1273,9 @@ class Context:
         if model.act_discrete:
             self._push(w.act_row - model.act_start + int(action), extra_row=flag)
         else:
-            values = (action.detach() if action.requires_grad else action).numpy().reshape(-1)
+            values = (action.detach() if action.requires_grad else action).numpy().reshape(1, -1)
             k = self._push(w.act_row, extra_row=flag)  # as normalize_action: 2 (a - low) / span - 1
-            scaled_into(values, w.act_low, w.act_span, 2.0, -1.0, np.inf, self.token_features[k], w.act_col)
+            scaled_into(values, w.act_low, w.act_span, 2.0, -1.0, np.inf, self.token_features[k:], w.act_col)
 
     def push_reward(self, reward: float) -> None:
         """The reward received for the action."""
