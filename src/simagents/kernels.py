@@ -11,9 +11,20 @@ the same loops, with no temporaries allocated per call. At the reference size (3
 128) the pass reads 2.4 MB of weights per call; where that exceeds the core's L2 (2 MB on that
 Xeon) they stream from L3 (a 384x128 product at one row: 6.1 us against 3.1 from L2), and the
 pass evicts the interpreter's own data: the Python and numpy steps after it run 3-5 times
-slower than warm (the dt policy step 118 us against 30 after reading 2 MB of other data). So
-the steps around the pass are compiled too, each one call (:func:`decode_tokens` embeds the
-tokens, runs the pass and the policy head; :func:`gaussian_actions`, :func:`scaled_into`).
+slower than warm (the dt policy step 118 us against 30 after reading 2 MB of other data; one
+numpy reduction 10-25 us). So the steps around the pass are compiled too, each one call
+(:func:`decode_tokens` embeds the tokens, runs the pass and the policy head;
+:func:`gaussian_actions`, :func:`scaled_into`, :func:`evaluation_heads`, :func:`best_supported`).
+
+How fast the tiles run is bounded by what LLVM emits for them: it vectorises each running sum
+over the inputs in 256-bit registers (the host's "prefer 256-bit" tuning), then reduces each
+one horizontally (some 100 instructions a tile beside its 256 FMAs at width 128); on the Xeon, 16 rows:
+70-95 GFLOP/s against the 162 of torch's large fp32 matmuls, which use 512-bit FMAs. Tried and
+dropped (2026-12-06): 512-bit code for the whole process (``NUMBA_CPU_FEATURES`` with
+``-prefer-256-bit``) speeds 512-input products (90 -> 106 GFLOP/s) and slows 128-input ones
+(the reductions get longer); weights transposed with the sums held over the outputs (a
+broadcast-FMA tile, as BLAS kernels are written) comes out scalar from numba, 7-11 GFLOP/s,
+with the tile in locals or on the stack; numpy's BLAS at 16 rows runs at 74-104.
 
 The arithmetic is the model's, in float32, so the outputs equal the torch forward pass to
 float32 rounding (sums reassociated for SIMD); ``tests/test_model.py`` checks it against
