@@ -74,7 +74,7 @@ import torch
 from torch import Tensor
 
 from simagents.agents.base import SimulatorAgent, register_agent
-from simagents.kernels import best_supported
+from simagents.kernels import best_supported as supported_argmax
 from simagents.model import TOKENS_PER_STEP, Context, Simulator, as_model_input
 
 VALUES = ("head", "bayes")
@@ -376,7 +376,7 @@ class PlannerAgent(SimulatorAgent):
                 h_return = self.context.hidden()
                 log_p = model.action_log_prob(h_return.expand(candidates.shape[0], -1), candidates).numpy()
         # compiled: after the pass each numpy call costs 10-25 us, several times its warm cost
-        return best_supported(total, log_p, math.log(self.support))
+        return supported_argmax(total, log_p, math.log(self.support))
 
     def score(self, candidates: Tensor) -> PlanScores:
         """Predicted return of each candidate (N,) or (N,act_dim) at the current step (return token pushed)."""
