@@ -6,7 +6,7 @@ Run it with ``make bench``: that builds ``benchmarks/.venv`` (our package beside
     benchmarks/.venv/bin/python benchmarks/bench.py [--quick] [--quality] [--threads N]
 
 It prints one JSON object and writes it to ``benchmarks/results/<date>.json`` (``<date>T<HHMM>.json``
-where a run of the same day has that name: an earlier run is never overwritten).
+where a run of the same day has that name: a later run keeps the first one).
 
 Method. Both models have the Decision Transformer's reference size: state 11, action 3 (Box),
 K=20 timesteps, batch 64, hidden 128, 3 layers, 1 head, MLP 512, GELU, no dropout, fp32, the same
