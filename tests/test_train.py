@@ -94,6 +94,16 @@ def test_learning_rate_warms_up_then_decays():
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
 
 
+def test_default_warmup_is_a_tenth_of_a_short_run_and_100_of_a_long_one():
+    def lrs(steps: int) -> list[float]:
+        cfg = TrainConfig(data=("x",), out=Path("x"), steps=steps, lr=1.0)
+        return [learning_rate(cfg, s) for s in range(steps)]
+
+    short, long = lrs(250), lrs(3000)
+    assert short.index(max(short)) == 24 and short[23] < short[24] == pytest.approx(1.0)
+    assert long.index(max(long)) == 99 and long[98] < long[99] == pytest.approx(1.0)
+
+
 def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path: Path):
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "tra')

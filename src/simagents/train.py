@@ -128,8 +128,9 @@ class TrainConfig:
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (not on biases, norms or embeddings)."""
-    warmup_steps: int = 100
-    """Linear warmup before the cosine decay."""
+    warmup_steps: int | None = None
+    """Linear warmup before the cosine decay; None: a tenth of ``steps``, at most 100 (a fixed 100
+    would leave a 125-step run 25 steps at its learning rate)."""
     min_lr_ratio: float = 0.1
     """The cosine decays to this fraction of lr."""
     grad_clip: float = 1.0
@@ -198,7 +199,7 @@ class TrainConfig:
         for rule, (names, low, high) in rules.items():
             for name in names:
                 value = getattr(self, name)
-                if not low <= value <= high:  # NaN fails this too
+                if value is not None and not low <= value <= high:  # NaN fails this too
                     raise SimagentsError(
                         f"--{name.replace('_', '-')} {value}: must be {rule} (train config field {name})"
                     )
@@ -344,11 +345,17 @@ def step_arithmetic(precision: str) -> Iterator[None]:
         yield
 
 
+def warmup_steps(cfg: TrainConfig) -> int:
+    """The warmup of a run: ``cfg.warmup_steps``, or by default a tenth of its steps, at most 100."""
+    return min(100, cfg.steps // 10) if cfg.warmup_steps is None else cfg.warmup_steps
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Warmup then cosine to min_lr_ratio * lr; a pure function of the step (nothing to resume)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    warmup = warmup_steps(cfg)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(cfg.steps - warmup, 1)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
