@@ -770,12 +770,7 @@ class Simulator(nn.Module):
         weights = _decode_weights(self)
         weights.refresh()
         params = np.empty(weights.policy_bias.shape, np.float32)
-        linear(
-            h_return.detach().numpy().reshape(1, -1),
-            weights.policy_weight,
-            weights.policy_bias,
-            params.reshape(1, -1),
-        )
+        weights.policy_head(h_return.detach().numpy().reshape(1, -1), params)
         return params
 
     def expected_return(self, logits: Tensor) -> Tensor:
@@ -949,6 +944,10 @@ class _DecodeWeights:
         self.layers: LayerWeights  # all of them, in decode_layers' order of arguments
         self.refresh()
 
+    def policy_head(self, h: np.ndarray, out: np.ndarray) -> None:
+        """The action head on one final state h (1,d) into out (act_dim,) or (2*act_dim,), compiled."""
+        linear(h, self.policy_weight, self.policy_bias, out.reshape(1, -1))
+
     def refresh(self) -> None:
         """Rebuild the copies if a parameter they copy has changed since they were built."""
         versions = tuple(map(_VERSION, self.sources))  # map, not a generator: ~2x faster on 55
@@ -1110,7 +1109,7 @@ class Context:
         w = self.weights
         h = decode_layers(x, self.length, n, n - 1, self.kv, *w.layers, self.n_head)
         layer_norm(h, w.final_norm[0], w.final_norm[1], w.final_eps, h)
-        linear(h[:1], w.policy_weight, w.policy_bias, self.last_policy.reshape(1, -1))
+        w.policy_head(h[:1], self.last_policy)
         return torch.from_numpy(h)
 
     def _push(self, content_row: int, extra_row: int | None = None) -> int:
