@@ -47,7 +47,8 @@ Scoring, by ``horizon``:
   Each return prompted is a row of one more pass over the window, so ``hypotheses``
   (default 8) caps them: where P(R | h) spreads over more bins, neighbouring ones merge into
   that many groups of equal probability (:func:`return_hypotheses`). On CartPole (returns
-  0-500, 201 bins), after 250 updates on the quality benchmark's data, 20 episodes: mean
+  0-500, 201 bins), after 250 updates on the quality benchmark's data (with the warmup of 100
+  steps that was then the default), 20 episodes: mean
   return 328 at 12 ms a decision with 8, 332 with 16, against 170-270 ms a decision uncapped
   (305 over its first 5 episodes, 307 capped). With Connect Four's returns (-1, 0, 1) the
   default-budget simulator kept at most 5 of its 21 bins (20 games), so the cap did not merge.
