@@ -7,12 +7,19 @@ head and by Bayes' rule, ``value="bayes"``). d3rlpy's
 of :data:`UPDATES`) and batch, context and width (K=20, 128, 3 layers, 1 head), its own
 defaults otherwise, and the same return target (the best episode return in the data). Every
 agent plays the same seeded episodes.
-Imported by bench.py with ``--quality``; it needs d3rlpy, so it runs in benchmarks/.venv.
+Imported by bench.py with ``--quality``; it needs d3rlpy, so it runs in benchmarks/.venv. Alone,
+with several training seeds (each library trained afresh per seed and budget; one seed's 20
+episodes can favour either side at the short budgets):
+
+    benchmarks/.venv/bin/python benchmarks/quality.py --seeds 3 --updates 250,500
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import tempfile
+import time
 from pathlib import Path
 
 import d3rlpy
@@ -23,6 +30,7 @@ import torch
 from simagents.agents import evaluate, make_agent
 from simagents.data.collect import CollectConfig, collect
 from simagents.data.minari_io import Dataset, load_dataset
+from simagents.io import atomic_write_json
 from simagents.model import Simulator, SimulatorConfig
 from simagents.train import TrainConfig, train
 
@@ -72,15 +80,20 @@ def play_d3rlpy(algo: d3rlpy.algos.DiscreteDecisionTransformer, target: float, e
     return returns
 
 
-def summary(returns: list[float]) -> dict[str, float]:
-    return {"mean": round(float(np.mean(returns)), 1), "std": round(float(np.std(returns)), 1)}
+def summary(returns_by_seed: list[list[float]]) -> dict[str, object]:
+    """Mean and std over every episode of every seed; with several seeds, each seed's mean too."""
+    pooled = np.concatenate(returns_by_seed)
+    result: dict[str, object] = {"mean": round(float(pooled.mean()), 1), "std": round(float(pooled.std()), 1)}
+    if len(returns_by_seed) > 1:
+        result["seed_means"] = [round(float(np.mean(r)), 1) for r in returns_by_seed]
+    return result
 
 
 def train_d3rlpy(
-    dataset: Dataset, model: SimulatorConfig, updates: int
+    dataset: Dataset, model: SimulatorConfig, updates: int, seed: int = 0
 ) -> d3rlpy.algos.DiscreteDecisionTransformer:
-    d3rlpy.seed(0)
-    torch.manual_seed(0)
+    d3rlpy.seed(seed)
+    torch.manual_seed(seed)
     algo = d3rlpy.algos.DiscreteDecisionTransformerConfig(
         batch_size=BATCH,
         context_size=model.context_len,
@@ -102,16 +115,17 @@ def train_d3rlpy(
     return algo
 
 
-def quality(quick: bool = False, updates: tuple[int, ...] | None = None) -> dict[str, object]:
+def quality(quick: bool = False, updates: tuple[int, ...] | None = None, seeds: int = 1) -> dict[str, object]:
     """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
-    learning-rate schedule). ``quick``: 60 episodes, 3 played each, by default after 50 and 100
-    updates: a check of the plumbing."""
+    learning-rate schedule), with training seeds 0 to ``seeds``-1 (ours and d3rlpy's alike; the
+    data and the played episodes stay the same). ``quick``: 60 episodes, 3 played each, by default
+    after 50 and 100 updates: a check of the plumbing."""
     episodes, eval_episodes = (60, 3) if quick else (300, 20)
     updates = updates or ((50, 100) if quick else UPDATES)
     model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
     env = gym.make(ENV)
-    by_updates: dict[str, dict[str, dict[str, float]]] = {}
+    by_updates: dict[str, dict[str, dict[str, object]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = collect(
             CollectConfig(env=ENV, out=Path(tmp) / "data", policy="mixed", episodes=episodes, seed=0)
@@ -119,23 +133,23 @@ def quality(quick: bool = False, updates: tuple[int, ...] | None = None) -> dict
         dataset = load_dataset(data)
         target = float(dataset.returns.max())
         for steps in updates:
-            run = Path(tmp) / f"run{steps}"
-            train(
-                TrainConfig(data=(str(data),), out=run, model=model, steps=steps, batch_size=BATCH),
-                progress=False,
-            )
-            simulator = Simulator.load(run)
-            ours = {
-                key: evaluate(
-                    make_agent(name, simulator, **options), env, eval_episodes, seed=EVAL_SEED
-                ).returns
-                for key, (name, options) in our_agents(target).items()
-            }
-            theirs = play_d3rlpy(train_d3rlpy(dataset, model, steps), target, eval_episodes)
-            by_updates[str(steps)] = {
-                **{f"simagents_{key}": summary(returns) for key, returns in ours.items()},
-                "d3rlpy_dt": summary(theirs),
-            }
+            returns: dict[str, list[list[float]]] = {}
+            for seed in range(seeds):
+                run = Path(tmp) / f"run{steps}-{seed}"
+                train(
+                    TrainConfig(
+                        data=(str(data),), out=run, model=model, steps=steps, batch_size=BATCH, seed=seed
+                    ),
+                    progress=False,
+                )
+                simulator = Simulator.load(run)
+                for key, (name, options) in our_agents(target).items():
+                    agent = make_agent(name, simulator, **options)
+                    played = evaluate(agent, env, eval_episodes, seed=EVAL_SEED).returns
+                    returns.setdefault(f"simagents_{key}", []).append(played)
+                theirs = play_d3rlpy(train_d3rlpy(dataset, model, steps, seed), target, eval_episodes)
+                returns.setdefault("d3rlpy_dt", []).append(theirs)
+            by_updates[str(steps)] = {key: summary(runs) for key, runs in returns.items()}
     return {
         "env": ENV,
         "data": {
@@ -145,5 +159,30 @@ def quality(quick: bool = False, updates: tuple[int, ...] | None = None) -> dict
         },
         "batch": BATCH,
         "eval_episodes": eval_episodes,
+        "training_seeds": seeds,
         "returns_by_updates": by_updates,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per budget (0, 1, ...)")
+    parser.add_argument(
+        "--updates", default=",".join(map(str, UPDATES)), help="budgets of updates, comma-separated"
+    )
+    parser.add_argument("--quick", action="store_true", help="a check of the plumbing, not numbers to quote")
+    parser.add_argument("--out", type=Path, default=None, help="default results/<date>-quality.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    updates = tuple(int(u) for u in args.updates.split(","))
+    result = quality(quick=args.quick, updates=updates, seeds=args.seeds)
+    result["seconds"] = round(time.perf_counter() - started)
+    date = datetime.datetime.now(datetime.UTC).date().isoformat()
+    out = args.out or Path(__file__).parent / "results" / f"{date}-quality.json"
+    atomic_write_json(out, result)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
