@@ -75,6 +75,14 @@ HF_TOKENS_PER_STEP = 3  # R, s, a
 RESULTS = Path(__file__).parent / "results"
 
 
+def result_path(now: datetime.datetime, suffix: str = "") -> Path:
+    """``RESULTS/<date><suffix>.json``, or ``<date>T<HHMM><suffix>.json`` where a run of the same
+    day has the first name: a later run keeps the earlier one."""
+    date = now.date().isoformat()
+    first = RESULTS / f"{date}{suffix}.json"
+    return RESULTS / f"{date}T{now:%H%M}{suffix}.json" if first.exists() else first
+
+
 # ---- the two models, same size ------------------------------------------------------------------
 
 
@@ -554,10 +562,7 @@ def main() -> None:
         "after": [round(x, 2) for x in os.getloadavg()],
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
-    out = args.out or RESULTS / f"{date}.json"
-    if args.out is None and out.exists():  # another run today: keep it
-        out = RESULTS / f"{date}T{now:%H%M}.json"
-    atomic_write_json(out, result)
+    atomic_write_json(args.out or result_path(now), result)
     print(json.dumps(result, indent=2))
 
 

@@ -32,6 +32,7 @@ from simagents.data.collect import CollectConfig, collect
 from simagents.data.minari_io import Dataset, load_dataset
 from simagents.io import atomic_write_json
 from simagents.model import Simulator, SimulatorConfig
+from simagents.threads import set_threads
 from simagents.train import TrainConfig, train
 
 ENV = "CartPole-v1"
@@ -171,15 +172,21 @@ def main() -> None:
         "--updates", default=",".join(map(str, UPDATES)), help="budgets of updates, comma-separated"
     )
     parser.add_argument("--quick", action="store_true", help="a check of the plumbing, not numbers to quote")
-    parser.add_argument("--out", type=Path, default=None, help="default results/<date>-quality.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default results/<date>-quality.json (<date>T<HHMM>-quality.json if that exists)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    from bench import result_path  # bench imports this module only with --quality: no cycle at import
+
+    set_threads(1)
     started = time.perf_counter()
     updates = tuple(int(u) for u in args.updates.split(","))
     result = quality(quick=args.quick, updates=updates, seeds=args.seeds)
     result["seconds"] = round(time.perf_counter() - started)
-    date = datetime.datetime.now(datetime.UTC).date().isoformat()
-    out = args.out or Path(__file__).parent / "results" / f"{date}-quality.json"
+    out = args.out or result_path(datetime.datetime.now(datetime.UTC), "-quality")
     atomic_write_json(out, result)
     print(out)
 
