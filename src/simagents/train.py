@@ -78,8 +78,11 @@ def check_precision(precision: str, where: str) -> None:
 class LossWeights:
     """How much each prediction counts in the training loss."""
 
-    action: float = 1.0
-    """Policy: the next action (evidence tokens only)."""
+    action: float = 4.0
+    """Policy: the next action (evidence tokens only). Weighted as the four heads that predict
+    what follows (value, action value, reward, observation) together: the action-value head reads
+    features the policy learns from the actions, so with the policy leading it learns what an
+    action adds to the return several times sooner (benchmarks/README.md, *Quality*)."""
     value: float = 1.0
     """Return distribution before the action."""
     action_value: float = 1.0

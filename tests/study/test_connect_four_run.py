@@ -18,6 +18,7 @@ from simagents.errors import SimagentsError
 from simagents.model import Simulator
 from simagents.study.connect_four import BUDGETS, format_results, inferred_player, run_connect_four
 from simagents.study.report import connect_four_interpretation, connect_four_section, strength_figure
+from simagents.train import LossWeights
 
 METRICS = (
     "win_rate",
@@ -108,7 +109,7 @@ def test_the_budget_sets_the_simulators_training(tmp_path: Path) -> None:
     run_connect_four(out=tmp_path / "run", budget=budget, agents=["imitation"])
     config = json.loads((tmp_path / "run" / "simulator" / "config.json").read_text())
     assert (config["return_dropout"], config["label_dropout"]) == (0.75, 0.25)
-    assert config["loss"]["observation"] == 0.1 and config["loss"]["action"] == 1.0
+    assert config["loss"]["observation"] == 0.1 and config["loss"]["action"] == LossWeights().action
     assert config["model"]["dropout"] == 0.2
 
 
