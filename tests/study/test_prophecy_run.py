@@ -1,12 +1,13 @@
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from simagents.cli import main
 from simagents.errors import SimagentsError
-from simagents.study.prophecy import parse_sweep, run_prophecy
+from simagents.study.prophecy import BUDGETS, parse_sweep, run_prophecy
 
 
 def test_smoke_run_writes_the_testbed_schema_and_a_sweep_figure(tmp_path: Path) -> None:
@@ -24,6 +25,14 @@ def test_smoke_run_writes_the_testbed_schema_and_a_sweep_figure(tmp_path: Path) 
     assert (out / "figures" / "index_vs_gamma.png").stat().st_size > 1000
     assert (out / "rl_gamma_0.9" / "model.safetensors").is_file()
     assert results["theory"]["fixed_point"] == pytest.approx(0.5)
+
+
+def test_the_budget_sets_the_policys_loss_weight(tmp_path: Path) -> None:
+    """Prophecy trains with its own action weight, not the library's default (see the field)."""
+    budget = replace(BUDGETS["smoke"], action_loss=2.5)
+    run_prophecy({"horizon": 3}, agents=("edt",), out=tmp_path / "run", budget=budget)
+    config = json.loads((tmp_path / "run" / "simulator" / "config.json").read_text())
+    assert config["loss"]["action"] == 2.5 and config["loss"]["value"] == 1.0
 
 
 def test_cli_prophecy_and_bad_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
