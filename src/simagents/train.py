@@ -348,14 +348,10 @@ def step_arithmetic(precision: str) -> Iterator[None]:
         yield
 
 
-def warmup_steps(cfg: TrainConfig) -> int:
-    """The warmup of a run: ``cfg.warmup_steps``, or by default a tenth of its steps, at most 100."""
-    return min(100, cfg.steps // 10) if cfg.warmup_steps is None else cfg.warmup_steps
-
-
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Warmup then cosine to min_lr_ratio * lr; a pure function of the step (nothing to resume)."""
-    warmup = warmup_steps(cfg)
+    """Warmup then cosine to min_lr_ratio * lr; a pure function of the step (nothing to resume).
+    The warmup is ``cfg.warmup_steps``, or by default a tenth of the steps, at most 100."""
+    warmup = min(100, cfg.steps // 10) if cfg.warmup_steps is None else cfg.warmup_steps
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     progress = (step - warmup) / max(cfg.steps - warmup, 1)
