@@ -183,6 +183,18 @@ def gelu_(h: np.ndarray) -> None:
 
 
 @_compiled
+def _softmax_(scores: np.ndarray, n: int) -> None:
+    """The first n attention scores (n,) -> their softmax, in place (the largest subtracted first)."""
+    top = scores[:n].max()
+    total = np.float32(0.0)
+    for t in range(n):
+        p = np.float32(math.exp(scores[t] - top))
+        scores[t] = p
+        total += p
+    scores[:n] *= np.float32(1.0) / total
+
+
+@_compiled
 def _attend_four(
     qkv: np.ndarray,
     cache: np.ndarray,
@@ -219,13 +231,7 @@ def _attend_four(
             for i in range(hd):
                 s += q[i] * key[i]
             scores[row, seen] = s * scale
-            top = scores[row, : seen + 1].max()
-            total = np.float32(0.0)
-            for t in range(seen + 1):
-                p = np.float32(math.exp(scores[row, t] - top))
-                scores[row, t] = p
-                total += p
-            scores[row, : seen + 1] *= np.float32(1.0) / total
+            _softmax_(scores[row], seen + 1)
             p, value = scores[row, seen], cache[own + row, C + lo : C + hi]
             for i in range(hd):  # a loop: an array expression would allocate a temporary
                 out[row, lo + i] = p * value[i]
@@ -306,27 +312,21 @@ def decode_layers(
             span = seen if r < committed else seen + 1
             for head in range(n_head):
                 q = qkv[r, head * hd : (head + 1) * hd]
-                top = np.float32(-np.inf)
                 for t in range(span):
                     slot = t if t < seen else start + r
                     key = cache[slot, head * hd : (head + 1) * hd]
                     s = np.float32(0.0)
                     for i in range(hd):
                         s += q[i] * key[i]
-                    s *= scale
-                    scores[0, t] = s
-                    top = max(top, s)
-                total = np.float32(0.0)
+                    scores[0, t] = s * scale
+                _softmax_(scores[0], span)
                 out = y[r, head * hd : (head + 1) * hd]
                 out[:] = 0.0
                 for t in range(span):
                     slot = t if t < seen else start + r
-                    p = np.float32(math.exp(scores[0, t] - top))
-                    total += p
-                    value = cache[slot, C + head * hd : C + (head + 1) * hd]
+                    p, value = scores[0, t], cache[slot, C + head * hd : C + (head + 1) * hd]
                     for i in range(hd):
                         out[i] += p * value[i]
-                out *= np.float32(1.0) / total
             r += 1
         linear(y[lo:], proj_w[layer], proj_b[layer], h[lo:])
         x[lo:] += h[lo:]
