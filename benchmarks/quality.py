@@ -12,11 +12,14 @@ with several training seeds (each library trained afresh per seed and budget; on
 episodes can favour either side at the short budgets):
 
     benchmarks/.venv/bin/python benchmarks/quality.py --seeds 3 --updates 250,500
+
+``--action-loss 8 --no-d3rlpy``: our side alone, with the policy's loss weighted 8.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import tempfile
 import time
@@ -33,7 +36,7 @@ from simagents.data.minari_io import Dataset, load_dataset
 from simagents.io import atomic_write_json
 from simagents.model import Simulator, SimulatorConfig
 from simagents.threads import set_threads
-from simagents.train import TrainConfig, train
+from simagents.train import LossWeights, TrainConfig, train
 
 ENV = "CartPole-v1"
 EVAL_SEED = 10_000
@@ -116,12 +119,20 @@ def train_d3rlpy(
     return algo
 
 
-def quality(quick: bool = False, updates: tuple[int, ...] | None = None, seeds: int = 1) -> dict[str, object]:
+def quality(
+    quick: bool = False,
+    updates: tuple[int, ...] | None = None,
+    seeds: int = 1,
+    loss: LossWeights | None = None,
+    with_d3rlpy: bool = True,
+) -> dict[str, object]:
     """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
     learning-rate schedule), with training seeds 0 to ``seeds``-1 (ours and d3rlpy's alike; the
     data and the played episodes stay the same). ``quick``: 60 episodes, 3 played each, by default
-    after 50 and 100 updates: a check of the plumbing."""
+    after 50 and 100 updates: a check of the plumbing. ``loss``: our simulator's loss weights
+    (default :class:`LossWeights`' own); ``with_d3rlpy=False`` leaves d3rlpy out (its figures do
+    not depend on ours), to try our settings in a third of the time."""
     episodes, eval_episodes = (60, 3) if quick else (300, 20)
     updates = updates or ((50, 100) if quick else UPDATES)
     model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
@@ -139,7 +150,13 @@ def quality(quick: bool = False, updates: tuple[int, ...] | None = None, seeds: 
                 run = Path(tmp) / f"run{steps}-{seed}"
                 train(
                     TrainConfig(
-                        data=(str(data),), out=run, model=model, steps=steps, batch_size=BATCH, seed=seed
+                        data=(str(data),),
+                        out=run,
+                        model=model,
+                        loss=loss or LossWeights(),
+                        steps=steps,
+                        batch_size=BATCH,
+                        seed=seed,
                     ),
                     progress=False,
                 )
@@ -148,8 +165,9 @@ def quality(quick: bool = False, updates: tuple[int, ...] | None = None, seeds: 
                     agent = make_agent(name, simulator, **options)
                     played = evaluate(agent, env, eval_episodes, seed=EVAL_SEED).returns
                     returns.setdefault(f"simagents_{key}", []).append(played)
-                theirs = play_d3rlpy(train_d3rlpy(dataset, model, steps, seed), target, eval_episodes)
-                returns.setdefault("d3rlpy_dt", []).append(theirs)
+                if with_d3rlpy:
+                    theirs = play_d3rlpy(train_d3rlpy(dataset, model, steps, seed), target, eval_episodes)
+                    returns.setdefault("d3rlpy_dt", []).append(theirs)
             by_updates[str(steps)] = {key: summary(runs) for key, runs in returns.items()}
     return {
         "env": ENV,
@@ -161,6 +179,7 @@ def quality(quick: bool = False, updates: tuple[int, ...] | None = None, seeds: 
         "batch": BATCH,
         "eval_episodes": eval_episodes,
         "training_seeds": seeds,
+        "loss_weights": dataclasses.asdict(loss or LossWeights()),
         "returns_by_updates": by_updates,
     }
 
@@ -173,6 +192,13 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a check of the plumbing, not numbers to quote")
     parser.add_argument(
+        "--action-loss",
+        type=float,
+        default=LossWeights().action,
+        help="weight of our simulator's policy loss (the other heads keep their defaults)",
+    )
+    parser.add_argument("--no-d3rlpy", action="store_true", help="our agents only")
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -184,7 +210,13 @@ def main() -> None:
     set_threads(1)
     started = time.perf_counter()
     updates = tuple(int(u) for u in args.updates.split(","))
-    result = quality(quick=args.quick, updates=updates, seeds=args.seeds)
+    result = quality(
+        quick=args.quick,
+        updates=updates,
+        seeds=args.seeds,
+        loss=LossWeights(action=args.action_loss),
+        with_d3rlpy=not args.no_d3rlpy,
+    )
     result["seconds"] = round(time.perf_counter() - started)
     out = args.out or result_path(datetime.datetime.now(datetime.UTC), "-quality")
     atomic_write_json(out, result)
