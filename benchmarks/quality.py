@@ -133,6 +133,7 @@ def quality(
     after 50 and 100 updates: a check of the plumbing. ``loss``: our simulator's loss weights
     (default :class:`LossWeights`' own); ``with_d3rlpy=False`` leaves d3rlpy out (its figures do
     not depend on ours), to try our settings in a third of the time."""
+    loss = loss or LossWeights()
     episodes, eval_episodes = (60, 3) if quick else (300, 20)
     updates = updates or ((50, 100) if quick else UPDATES)
     model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
@@ -153,7 +154,7 @@ def quality(
                         data=(str(data),),
                         out=run,
                         model=model,
-                        loss=loss or LossWeights(),
+                        loss=loss,
                         steps=steps,
                         batch_size=BATCH,
                         seed=seed,
@@ -179,7 +180,7 @@ def quality(
         "batch": BATCH,
         "eval_episodes": eval_episodes,
         "training_seeds": seeds,
-        "loss_weights": dataclasses.asdict(loss or LossWeights()),
+        "loss_weights": dataclasses.asdict(loss),
         "returns_by_updates": by_updates,
     }
 
