@@ -13,7 +13,9 @@ episodes can favour either side at the short budgets):
 
     benchmarks/.venv/bin/python benchmarks/quality.py --seeds 3 --updates 250,500
 
-``--action-loss 8 --no-d3rlpy``: our side alone, with the policy's loss weighted 8.
+``--loss action=16,action_value=8 --no-d3rlpy``: our side alone, with those heads' loss weights
+(the others at :class:`LossWeights`' defaults); ``--first-seed 3`` runs seeds 3, 4, ... (two
+processes on two cores: ``--seeds`` each, different first seeds).
 """
 
 from __future__ import annotations
@@ -123,12 +125,13 @@ def quality(
     quick: bool = False,
     updates: tuple[int, ...] | None = None,
     seeds: int = 1,
+    first_seed: int = 0,
     loss: LossWeights | None = None,
     with_d3rlpy: bool = True,
 ) -> dict[str, object]:
     """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
-    learning-rate schedule), with training seeds 0 to ``seeds``-1 (ours and d3rlpy's alike; the
+    learning-rate schedule), with training seeds ``first_seed`` to ``first_seed + seeds - 1`` (ours and d3rlpy's alike; the
     data and the played episodes stay the same). ``quick``: 60 episodes, 3 played each, by default
     after 50 and 100 updates: a check of the plumbing. ``loss``: our simulator's loss weights
     (default :class:`LossWeights`' own); ``with_d3rlpy=False`` leaves d3rlpy out (its figures do
@@ -147,7 +150,7 @@ def quality(
         target = float(dataset.returns.max())
         for steps in updates:
             returns: dict[str, list[list[float]]] = {}
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 run = Path(tmp) / f"run{steps}-{seed}"
                 train(
                     TrainConfig(
@@ -179,10 +182,25 @@ def quality(
         },
         "batch": BATCH,
         "eval_episodes": eval_episodes,
-        "training_seeds": seeds,
+        "training_seeds": list(range(first_seed, first_seed + seeds)),
         "loss_weights": dataclasses.asdict(loss),
         "returns_by_updates": by_updates,
     }
+
+
+def loss_weights(text: str) -> LossWeights:
+    """``action=16,action_value=8`` as :class:`LossWeights`; a usage error names the bad item."""
+    heads = [f.name for f in dataclasses.fields(LossWeights)]
+    weights = {}
+    for item in text.split(","):
+        head, _, weight = (part.strip() for part in item.partition("="))
+        try:
+            weights[head] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: write HEAD=WEIGHT, e.g. action=16") from None
+        if head not in heads:
+            raise argparse.ArgumentTypeError(f"{head!r} is not a head; the heads are {', '.join(heads)}")
+    return LossWeights(**weights)
 
 
 def main() -> None:
@@ -192,11 +210,13 @@ def main() -> None:
         "--updates", default=",".join(map(str, UPDATES)), help="budgets of updates, comma-separated"
     )
     parser.add_argument("--quick", action="store_true", help="a check of the plumbing, not numbers to quote")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
     parser.add_argument(
-        "--action-loss",
-        type=float,
-        default=LossWeights().action,
-        help="weight of our simulator's policy loss (the other heads keep their defaults)",
+        "--loss",
+        type=loss_weights,
+        default=LossWeights(),
+        metavar="HEAD=W,...",
+        help="our simulator's loss weights, e.g. action=16,action_value=8 (the others keep their defaults)",
     )
     parser.add_argument("--no-d3rlpy", action="store_true", help="our agents only")
     parser.add_argument(
@@ -215,7 +235,8 @@ def main() -> None:
         quick=args.quick,
         updates=updates,
         seeds=args.seeds,
-        loss=LossWeights(action=args.action_loss),
+        first_seed=args.first_seed,
+        loss=args.loss,
         with_d3rlpy=not args.no_d3rlpy,
     )
     result["seconds"] = round(time.perf_counter() - started)
