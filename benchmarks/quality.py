@@ -131,9 +131,9 @@ def quality(
 ) -> dict[str, object]:
     """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
-    learning-rate schedule), with training seeds ``first_seed`` to ``first_seed + seeds - 1`` (ours and d3rlpy's alike; the
-    data and the played episodes stay the same). ``quick``: 60 episodes, 3 played each, by default
-    after 50 and 100 updates: a check of the plumbing. ``loss``: our simulator's loss weights
+    learning-rate schedule), with training seeds ``first_seed`` to ``first_seed + seeds - 1``
+    (ours and d3rlpy's alike; the data and the played episodes stay the same). ``quick``: 60
+    episodes, 3 played each, by default after 50 and 100 updates: a check of the plumbing. ``loss``: our simulator's loss weights
     (default :class:`LossWeights`' own); ``with_d3rlpy=False`` leaves d3rlpy out (its figures do
     not depend on ours), to try our settings in a third of the time."""
     loss = loss or LossWeights()
@@ -203,11 +203,22 @@ def loss_weights(text: str) -> LossWeights:
     return LossWeights(**weights)
 
 
+def budgets(text: str) -> tuple[int, ...]:
+    """``125,250`` -> (125, 250); a usage error otherwise."""
+    try:
+        return tuple(int(u) for u in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write whole numbers of updates, e.g. 125,250") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds per budget (0, 1, ...)")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per budget (from --first-seed)")
     parser.add_argument(
-        "--updates", default=",".join(map(str, UPDATES)), help="budgets of updates, comma-separated"
+        "--updates",
+        type=budgets,
+        default=None,
+        help=f"budgets of updates, comma-separated (default {','.join(map(str, UPDATES))}; with --quick 50,100)",
     )
     parser.add_argument("--quick", action="store_true", help="a check of the plumbing, not numbers to quote")
     parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
@@ -230,10 +241,9 @@ def main() -> None:
 
     set_threads(1)
     started = time.perf_counter()
-    updates = tuple(int(u) for u in args.updates.split(","))
     result = quality(
         quick=args.quick,
-        updates=updates,
+        updates=args.updates,
         seeds=args.seeds,
         first_seed=args.first_seed,
         loss=args.loss,
