@@ -133,10 +133,12 @@ def quality(
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
     learning-rate schedule), with training seeds ``first_seed`` to ``first_seed + seeds - 1``
     (ours and d3rlpy's alike; the data and the played episodes stay the same). ``quick``: 60
-    episodes, 3 played each, by default after 50 and 100 updates: a check of the plumbing. ``loss``: our simulator's loss weights
-    (default :class:`LossWeights`' own); ``with_d3rlpy=False`` leaves d3rlpy out (its figures do
-    not depend on ours), to try our settings in a third of the time."""
+    episodes, 3 played each, by default after 50 and 100 updates: a check of the plumbing.
+    ``loss``: our simulator's loss weights (default :class:`LossWeights`' own);
+    ``with_d3rlpy=False`` leaves d3rlpy out (its figures do not depend on ours), to try our
+    settings in a third of the time."""
     loss = loss or LossWeights()
+    training_seeds = range(first_seed, first_seed + seeds)
     episodes, eval_episodes = (60, 3) if quick else (300, 20)
     updates = updates or ((50, 100) if quick else UPDATES)
     model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
@@ -150,7 +152,7 @@ def quality(
         target = float(dataset.returns.max())
         for steps in updates:
             returns: dict[str, list[list[float]]] = {}
-            for seed in range(first_seed, first_seed + seeds):
+            for seed in training_seeds:
                 run = Path(tmp) / f"run{steps}-{seed}"
                 train(
                     TrainConfig(
@@ -182,7 +184,7 @@ def quality(
         },
         "batch": BATCH,
         "eval_episodes": eval_episodes,
-        "training_seeds": list(range(first_seed, first_seed + seeds)),
+        "training_seeds": list(training_seeds),
         "loss_weights": dataclasses.asdict(loss),
         "returns_by_updates": by_updates,
     }
