@@ -128,6 +128,7 @@ def quality(
     first_seed: int = 0,
     loss: LossWeights | None = None,
     with_d3rlpy: bool = True,
+    eval_episodes: int | None = None,
 ) -> dict[str, object]:
     """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
@@ -136,10 +137,12 @@ def quality(
     episodes, 3 played each, by default after 50 and 100 updates: a check of the plumbing.
     ``loss``: our simulator's loss weights (default :class:`LossWeights`' own);
     ``with_d3rlpy=False`` leaves d3rlpy out (its figures do not depend on ours), to try our
-    settings in a third of the time."""
+    settings in a third of the time. ``eval_episodes``: episodes each agent plays per training
+    seed (default 20, 3 with ``quick``); the first 20 are the default's."""
     loss = loss or LossWeights()
     training_seeds = range(first_seed, first_seed + seeds)
-    episodes, eval_episodes = (60, 3) if quick else (300, 20)
+    episodes = 60 if quick else 300
+    eval_episodes = eval_episodes or (3 if quick else 20)
     updates = updates or ((50, 100) if quick else UPDATES)
     model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
     env = gym.make(ENV)
@@ -213,6 +216,13 @@ def budgets(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: write whole numbers of updates, e.g. 125,250") from None
 
 
+def episode_count(text: str) -> int:
+    """A whole number of episodes, at least 1; a usage error otherwise."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a whole number of episodes, at least 1, e.g. 100")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per budget (from --first-seed)")
@@ -233,6 +243,12 @@ def main() -> None:
     )
     parser.add_argument("--no-d3rlpy", action="store_true", help="our agents only")
     parser.add_argument(
+        "--episodes",
+        type=episode_count,
+        default=None,
+        help="episodes each agent plays per training seed (default 20; with --quick 3)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -250,6 +266,7 @@ def main() -> None:
         first_seed=args.first_seed,
         loss=args.loss,
         with_d3rlpy=not args.no_d3rlpy,
+        eval_episodes=args.episodes,
     )
     result["seconds"] = round(time.perf_counter() - started)
     out = args.out or result_path(datetime.datetime.now(datetime.UTC), "-quality")
