@@ -15,7 +15,9 @@ episodes can favour either side at the short budgets):
 
 ``--loss action=16,action_value=8 --no-d3rlpy``: our side alone, with those heads' loss weights
 (the others at :class:`LossWeights`' defaults); ``--first-seed 3`` runs seeds 3, 4, ... (two
-processes on two cores: ``--seeds`` each, different first seeds).
+processes on two cores: ``--seeds`` each, different first seeds). ``--episodes 100``: each agent
+plays 100 episodes per seed, not 20 (at 500-1,000 updates a seed's mean then has a standard
+error of 5-9, against 15-20 with 20).
 """
 
 from __future__ import annotations
