@@ -23,6 +23,10 @@ and runs 20-50x slower than alone, for both models, which measures the scheduler
 ``edt16_ms`` scores 16 candidates sampled from the Box policy, which must run before they exist:
 two transformer passes per decision. ``edt16_discrete_ms`` is the same model with 16 Discrete
 actions: the candidates are known in advance and run in the pass of the step's own tokens.
+Our agents' contexts keep half the window when they refill (``min_history``, see
+:class:`simagents.agents.SimulatorAgent`), so they act on the last 10 to 20 steps; HF's acts on the
+last 20 at every step. ``act_sliding_ms`` is our ``dt`` acting as HF's does (``min_history`` 19):
+a pass over the whole window per action.
 
 ``act_torch_ops`` counts torch operator calls per action (top-level aten ops under torch.profiler),
 each a few microseconds of dispatch at batch 1; our transformer pass is one compiled numba call
@@ -314,9 +318,11 @@ def acting_latency(steps: int, repeats: int) -> tuple[dict[str, float], dict[str
         "dt": make_agent("dt", ours, target=RETURN_HIGH),
         "edt16": make_agent("edt", ours, candidates=16),
         "edt16_discrete": make_agent("edt", our_model(REFERENCE["n_embd"], context_len, discrete_actions=16)),
+        # the last K steps at every step, as HF's and d3rlpy's act: a pass over the window per action
+        "dt_sliding": make_agent("dt", ours, target=RETURN_HIGH, min_history=context_len - 1),
         "hf": HFWindowActor(hf_model(REFERENCE["n_embd"], context_len), context_len, RETURN_HIGH),
     }
-    for name in ("dt", "edt16", "edt16_discrete"):
+    for name in ("dt", "edt16", "edt16_discrete", "dt_sliding"):
         agents[name].reset(seed=0)
     rng = np.random.default_rng(0)
     observations = rng.normal(size=(2 * context_len + steps * repeats, OBS)).astype(np.float32)
@@ -449,6 +455,8 @@ def speed(args: argparse.Namespace) -> dict[str, object]:
         "edt16_over_dt": round(act_ms["edt16"] / act_ms["dt"], 2),
         "edt16_discrete_ms": round(act_ms["edt16_discrete"], 3),
         "edt16_discrete_over_dt": round(act_ms["edt16_discrete"] / act_ms["dt"], 2),
+        "act_sliding_ms": round(act_ms["dt_sliding"], 3),
+        "act_sliding_speedup": round(act_ms["hf"] / act_ms["dt_sliding"], 2),
         "act_torch_ops": {name: round(n, 1) for name, n in act_ops.items()},
         **compiled,
         **bf16,

@@ -50,13 +50,14 @@ UPDATES = (125, 250, 500, 1000)
 shorter ones are where they can differ."""
 
 
-def our_agents(target: float) -> dict[str, tuple[str, dict[str, object]]]:
+def our_agents(target: float, min_history: int | None = None) -> dict[str, tuple[str, dict[str, object]]]:
     """Our agents in the comparison, by the key their returns get (``simagents_KEY``): agent, options."""
+    history = {} if min_history is None else {"min_history": min_history}
     return {
         # dt samples at temperature 1 here, as d3rlpy's default softmax action sampler does.
-        "dt": ("dt", {"target": target, "temperature": 1.0}),
-        "edt": ("edt", {}),  # the action-value head
-        "edt_bayes": ("edt", {"value": "bayes"}),  # Bayes' rule over the return-prompted policy
+        "dt": ("dt", {"target": target, "temperature": 1.0, **history}),
+        "edt": ("edt", history),  # the action-value head
+        "edt_bayes": ("edt", {"value": "bayes", **history}),  # Bayes' rule over the return-prompted policy
     }
 
 
@@ -131,6 +132,7 @@ def quality(
     loss: LossWeights | None = None,
     with_d3rlpy: bool = True,
     eval_episodes: int | None = None,
+    min_history: int | None = None,
 ) -> dict[str, object]:
     """Returns of the four agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
@@ -140,7 +142,9 @@ def quality(
     ``loss``: our simulator's loss weights (default :class:`LossWeights`' own);
     ``with_d3rlpy=False`` leaves d3rlpy out (its figures do not depend on ours), to try our
     settings in a third of the time. ``eval_episodes``: episodes each agent plays per training
-    seed (default 20, 3 with ``quick``); the first 20 are the default's."""
+    seed (default 20, 3 with ``quick``); the first 20 are the default's. ``min_history``: our
+    agents' (see :class:`~simagents.agents.SimulatorAgent`; default half the context, 19 acts on
+    the last 20 steps as d3rlpy's does)."""
     loss = loss or LossWeights()
     training_seeds = range(first_seed, first_seed + seeds)
     episodes = 60 if quick else 300
@@ -172,7 +176,7 @@ def quality(
                     progress=False,
                 )
                 simulator = Simulator.load(run)
-                for key, (name, options) in our_agents(target).items():
+                for key, (name, options) in our_agents(target, min_history).items():
                     agent = make_agent(name, simulator, **options)
                     played = evaluate(agent, env, eval_episodes, seed=EVAL_SEED).returns
                     returns.setdefault(f"simagents_{key}", []).append(played)
@@ -191,6 +195,7 @@ def quality(
         "eval_episodes": eval_episodes,
         "training_seeds": list(training_seeds),
         "loss_weights": dataclasses.asdict(loss),
+        "min_history": min_history,
         "returns_by_updates": by_updates,
     }
 
@@ -251,6 +256,12 @@ def main() -> None:
         help="episodes each agent plays per training seed (default 20; with --quick 3)",
     )
     parser.add_argument(
+        "--min-history",
+        type=int,
+        default=None,
+        help="the fewest past steps our agents' contexts keep (default half the context; 19: the last 20)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -269,6 +280,7 @@ def main() -> None:
         loss=args.loss,
         with_d3rlpy=not args.no_d3rlpy,
         eval_episodes=args.episodes,
+        min_history=args.min_history,
     )
     result["seconds"] = round(time.perf_counter() - started)
     out = args.out or result_path(datetime.datetime.now(datetime.UTC), "-quality")

@@ -26,14 +26,21 @@ def full_forward(model, episode, start, stop, known):
 
 @pytest.mark.parametrize(("obs_space", "act_space"), SPACES)
 @pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize(
+    ("min_history", "held_once_full"),
+    [(None, {3, 4}), (0, {1, 2, 3, 4}), (3, {4})],
+    ids=["default-half", "none-kept", "sliding"],
+)
 @torch.no_grad()
-def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space, known):
+def test_kv_cache_equals_full_forward_over_the_held_window(
+    obs_space, act_space, known, min_history, held_once_full
+):
     model = tiny_model(obs_space, act_space, context_len=4)
     episode = random_episode(np.random.default_rng(1), 11, obs_space, act_space)
     rtg = episode.returns_to_go()
-    ctx = Context(model)
-    lazy = Context(model)  # as agents use it: a, r, o, R run together in one pass
-    held_sizes = set()
+    ctx = Context(model, min_history=min_history)
+    lazy = Context(model, min_history=min_history)  # as agents use it: a, r, o, R run together in one pass
+    held_sizes = []
     for t in range(len(episode)):
         lazy.push_observation(as_model_input(episode.observations[t], obs_space))
         policy_input = lazy.push_return(float(rtg[t]) if known else None)
@@ -54,7 +61,7 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
         ctx.push_reward(float(episode.rewards[t]))
         hidden["reward"] = ctx.hidden()
         held = ctx.held_steps
-        held_sizes.add(held)
+        held_sizes.append(held)
         full = full_forward(model, episode, t - held + 1, t + 1, known)
         for kind, h in hidden.items():
             torch.testing.assert_close(h[0], full[kind][0, -1], atol=1e-5, rtol=1e-5)
@@ -63,7 +70,9 @@ def test_kv_cache_equals_full_forward_over_the_held_window(obs_space, act_space,
         torch.testing.assert_close(policy_input[0], lazy_full["return"][0, -1], atol=1e-5, rtol=1e-5)
         expected_policy = model.action_head(lazy_full["return"][0, -1])
         torch.testing.assert_close(torch.from_numpy(policy), expected_policy, atol=1e-5, rtol=1e-5)
-    assert held_sizes == {1, 2, 3, 4}, "the window should fill up and be refilled"
+    assert held_sizes[:4] == [1, 2, 3, 4], "the window should fill up"
+    # Then it holds min_history + 1 to context_len steps: each refill keeps min_history and the step begun
+    assert set(held_sizes[4:]) == held_once_full, held_sizes
 
 
 @pytest.mark.parametrize("queued", [False, True], ids=["after-push", "queued"])

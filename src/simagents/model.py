@@ -51,9 +51,12 @@ inside the model, so callers pass raw environment values.
 
 :class:`Context` is the incremental decoder for acting: a preallocated KV cache
 holding at most ``context_len`` timesteps; when it is full it keeps the newest
-half and refills the cache from their stored embeddings, so every step is
-the full forward pass over the window it holds (to float32 rounding: the pass is compiled,
-:mod:`simagents.kernels`), at amortised cost of about one timestep per step.
+``min_history`` whole steps (default half) and refills the cache from their stored embeddings,
+so every step is the full forward pass over the window it holds (to float32 rounding: the pass
+is compiled, :mod:`simagents.kernels`), at amortised cost of ``context_len / (context_len -
+min_history)`` timesteps per step: two by default, ``context_len`` for a sliding window of the
+last ``context_len`` steps (``min_history = context_len - 1``, as the reference Decision
+Transformer acts).
 """
 
 from __future__ import annotations
@@ -1031,12 +1034,18 @@ class Context:
     Push tokens in the order o, R, a, r. Pushes are lazy: tokens wait until a hidden
     state is needed (:meth:`hidden`, :meth:`push_return`, :meth:`evaluate_actions`)
     and then go through the transformer together, so one ``act`` costs one pass over
-    about four tokens. A full cache keeps its newest half and is refilled from the
-    stored embeddings, so every output equals the full forward pass over the window
-    held. Run under ``torch.no_grad()`` in eval mode.
+    about four tokens. A full cache keeps its newest ``min_history`` whole steps (default
+    ``context_len // 2``) and is refilled from the stored embeddings, so every output equals
+    the full forward pass over the window held. Run under ``torch.no_grad()`` in eval mode.
 
     ``label`` (a behaviour-policy label of the training data, with label conditioning) asks
     the simulator to continue the episode as that policy; None leaves it unknown.
+
+    ``min_history`` trades speed for context: the cache then holds between ``min_history + 1``
+    and ``context_len`` steps, refilling every ``context_len - min_history`` steps with a pass
+    over the ``min_history`` kept. ``context_len - 1`` acts on the last ``context_len`` steps at
+    every step, as the reference Decision Transformer does, at the cost of a pass over the whole
+    window per step. Decisions can depend on it: see :class:`~simagents.agents.SimulatorAgent`.
 
     At batch 1 an ``act`` is bound by per-call overhead and by reading the weights (2.4 MB at
     the reference size, hidden 128 and 3 layers: more than a core's L2, so each pass also evicts
@@ -1053,9 +1062,16 @@ class Context:
     query, attention and MLP only for the rows read, and the final layer norm only on them.
     """
 
-    def __init__(self, model: Simulator, label: str | None = None) -> None:
+    def __init__(self, model: Simulator, label: str | None = None, min_history: int | None = None) -> None:
         self.model = model
         self.weights = _decode_weights(model)
+        K = model.cfg.context_len
+        self.min_history = K // 2 if min_history is None else min_history
+        if not 0 <= self.min_history < K:
+            raise ValueError(
+                f"min_history must be a whole number of steps from 0 to context_len - 1 = {K - 1} "
+                f"(the steps a full context keeps), got {min_history}"
+            )
         index = model.label_index(label)  # SimagentsError for a label not in the data
         self.label = torch.tensor([index]) if label is not None else None  # (1,) or None: unknown
         # the table row each token adds for its label: the zero row without label conditioning
@@ -1197,11 +1213,11 @@ class Context:
         return h if candidates else None
 
     def _refill(self, new: np.ndarray) -> None:
-        """The cache is full: keep the newest whole steps (and the step begun) with ``new``, rebuild it from them."""
+        """The cache is full: keep the newest ``min_history`` whole steps (and the step begun) with
+        ``new``, rebuild it from them."""
         tokens = np.concatenate([self.embeddings[: self.length], new])
-        keep_steps = self.model.cfg.context_len // 2
         partial = tokens.shape[0] % TOKENS_PER_STEP
-        kept = tokens[max(tokens.shape[0] - partial - TOKENS_PER_STEP * keep_steps, 0) :]
+        kept = tokens[max(tokens.shape[0] - partial - TOKENS_PER_STEP * self.min_history, 0) :]
         if kept.shape[0] > self.embeddings.shape[0]:
             self.embeddings = np.zeros_like(kept)
         self.embeddings[: kept.shape[0]] = kept

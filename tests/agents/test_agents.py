@@ -221,6 +221,26 @@ def test_agent_registry_errors():
     assert {"imitation", "dt", "edt", "cdt"} <= set(AGENTS)
 
 
+@pytest.mark.parametrize("name", ["imitation", "dt", "edt", "cdt", "rl"])
+def test_every_agent_takes_the_history_its_context_keeps(name):
+    model = tiny_model(CARTPOLE_OBS, DISCRETE_ACT.__class__(2), seed=1)  # context_len 4
+    env = gym.make("CartPole-v1")
+    held = {}
+    for min_history in (None, 3):
+        agent = make_agent(name, model, min_history=min_history)
+        obs, _ = env.reset(seed=0)
+        sizes, reward = [], 0.0
+        for _ in range(12):
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, reward))
+            sizes.append(agent.context.held_steps)
+            if terminated or truncated:
+                break
+        held[min_history] = set(sizes[4:])
+    assert held == {None: {3, 4}, 3: {4}}  # the default keeps half of the 4 steps, 3 a sliding window
+    with pytest.raises(SimagentsError, match=r"min_history must be .* from 0 to context_len - 1 = 3"):
+        make_agent(name, model, min_history=4)
+
+
 @pytest.mark.parametrize("favoured", [0, 2])
 def test_dt_takes_the_policys_mode_unless_told_to_sample(favoured: int):
     # The policy head's bias alone decides: action `favoured` at probability e^1.5 / (e^1.5 + 2).

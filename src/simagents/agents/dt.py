@@ -56,11 +56,12 @@ class DecisionTransformerAgent(SimulatorAgent):
         target: float | str = "max",
         temperature: float = 0.0,
         expert: float | None = None,
+        min_history: int | None = None,
     ) -> None:
         self.initial_target = resolve_target(simulator, target)
         self.temperature = check_temperature(temperature)
         self.expert = expert
-        super().__init__(simulator)
+        super().__init__(simulator, min_history=min_history)
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)

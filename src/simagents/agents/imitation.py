@@ -16,9 +16,15 @@ from simagents.model import Simulator
 
 @register_agent("imitation")
 class ImitationAgent(SimulatorAgent):
-    def __init__(self, simulator: Simulator, temperature: float = 1.0, label: str | None = None) -> None:
+    def __init__(
+        self,
+        simulator: Simulator,
+        temperature: float = 1.0,
+        label: str | None = None,
+        min_history: int | None = None,
+    ) -> None:
         self.temperature = check_temperature(temperature)
-        super().__init__(simulator, label=label)
+        super().__init__(simulator, label=label, min_history=min_history)
 
     def choose(self) -> Tensor:
         self.context.queue_return(None)

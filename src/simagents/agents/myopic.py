@@ -48,13 +48,13 @@ from simagents.train import TrainConfig, train
 class MyopicAgent(SimulatorAgent):
     """Reports the simulator's predicted next observation as its action (a forecast)."""
 
-    def __init__(self, simulator: Simulator) -> None:
+    def __init__(self, simulator: Simulator, min_history: int | None = None) -> None:
         if simulator.act_discrete or simulator.obs_discrete or simulator.act_dim != simulator.obs_dim:
             raise ValueError(
                 "myopic forecasts the next observation: it needs Box observations and Box actions of "
                 f"the same size, got {simulator.observation_space} and {simulator.action_space}"
             )
-        super().__init__(simulator)
+        super().__init__(simulator, min_history=min_history)
 
     def choose(self) -> Tensor:
         model = self.simulator

@@ -292,6 +292,7 @@ class PlannerAgent(SimulatorAgent):
         support: float = 0.05,
         value: str = "head",
         hypotheses: int = 8,
+        min_history: int | None = None,
     ) -> None:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -321,7 +322,7 @@ class PlannerAgent(SimulatorAgent):
         self.n_candidates = candidates
         self.horizon = horizon
         self.beam = beam
-        super().__init__(simulator)
+        super().__init__(simulator, min_history=min_history)
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)

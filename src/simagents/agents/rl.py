@@ -130,12 +130,14 @@ class RLAgent(SimulatorAgent):
     update needs); the env and the context get the clipped action.
     """
 
-    def __init__(self, simulator: Simulator, temperature: float = 1.0) -> None:
+    def __init__(
+        self, simulator: Simulator, temperature: float = 1.0, min_history: int | None = None
+    ) -> None:
         self.temperature = check_temperature(temperature)
         self.record = False
         self.features: list[Tensor] = []
         self.drawn: list[Tensor] = []
-        super().__init__(simulator)
+        super().__init__(simulator, min_history=min_history)
 
     def choose(self) -> Tensor:
         model = self.simulator
