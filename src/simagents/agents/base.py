@@ -90,12 +90,12 @@ class SimulatorAgent:
     cost of about two steps' tokens per action. ``context_len - 1`` acts on the last
     ``context_len`` steps at every step, as the reference Decision Transformer (and d3rlpy's)
     does, at the cost of a pass over the whole window per action (a ``dt`` action at the
-    benchmark's reference size: 1.11 ms against 0.108, ``make bench``, 2026-12-07). Decisions depend on it where the simulator is unsure: on
-    the quality benchmark's CartPole data (100 episodes per training seed, 2026-12-07), the
-    default against 19 of 20: ``dt`` (temperature 1) 419.6 / 463.0 / 460.4 against 448.4 /
-    479.7 / 476.0 for seeds 0-2 after 125 updates; ``edt`` after 250 updates 235.8 / 407.4
-    against 348.4 / 435.6 (seeds 1, 2), after 125 updates 234.0 / 181.9 / 352.8 against 260.3 /
-    143.2 / 311.9, no better.
+    benchmark's reference size: 1.11 ms against 0.108, ``make bench``, 2026-12-07). Decisions
+    depend on it where the simulator is unsure: on the quality benchmark's CartPole data (100
+    episodes per training seed, 2026-12-07), the default against 19 of 20: ``dt`` (temperature
+    1) 419.6 / 463.0 / 460.4 against 448.4 / 479.7 / 476.0 for seeds 0-2 after 125 updates;
+    ``edt`` after 250 updates 235.8 / 407.4 against 348.4 / 435.6 (seeds 1, 2), after 125
+    updates 234.0 / 181.9 / 352.8 against 260.3 / 143.2 / 311.9, no better.
 
     Example: the imitator's most likely action instead of a sample (``examples/custom_agent.py``
     is a planner built this way):
