@@ -24,7 +24,7 @@ and runs 20-50x slower than alone, for both models, which measures the scheduler
 two transformer passes per decision. ``edt16_discrete_ms`` is the same model with 16 Discrete
 actions: the candidates are known in advance and run in the pass of the step's own tokens.
 Our agents' contexts keep half the window when they refill (``min_history``, see
-:class:`simagents.agents.SimulatorAgent`), so they act on the last 10 to 20 steps; HF's acts on the
+:class:`simagents.agents.SimulatorAgent`), so they act on the last 11 to 20 steps; HF's acts on the
 last 20 at every step. ``act_sliding_ms`` is our ``dt`` acting as HF's does (``min_history`` 19):
 a pass over the whole window per action. ``act_mean_ms`` is our default ``dt``'s mean, with
 its refills (a pass over the 10 steps kept, every 10 steps), where ``act_ms`` is the median.
