@@ -10,6 +10,7 @@ from simagents.envs.connect_four import POPULATION, ConnectFourEnv, EnginePlayer
 from simagents.envs.connect_four_engine import Player, Position
 from simagents.envs.connect_four_metrics import (
     blunder,
+    blunder_kinds,
     blunder_rate,
     elo_against_population,
     expected_score,
@@ -70,6 +71,27 @@ def test_losing_moves_are_split_by_how_far_ahead_they_lose() -> None:
     shallow = blunder_rate(moves, depth=4)
     assert shallow["losing_move_rate_by_plies"] == {"2": 0.25, "4": 0.25}
     assert shallow["losing_move_rate"] == 0.5
+
+
+def test_policy_fidelity_splits_the_blunder_probability_by_kind() -> None:
+    # Uniform over the legal columns: UNDER_THREAT's 0 and 4 lose in 2 plies, its 1 and 3 in 6;
+    # OPEN_TWO's 2, 3, 5, 6 in 4; SIX_PLIES's 0 in 6; every column but 0 misses a win in "010101".
+    positions = [Position.from_moves(m) for m in (UNDER_THREAT, OPEN_TWO, SIX_PLIES, "010101")]
+    uniform = [p.action_mask() / len(p.legal_moves()) for p in positions]
+    spread = policy_fidelity(Player(depth=1), positions, uniform)
+    assert spread["missed_win_mass"] == pytest.approx(6 / 28)
+    assert spread["losing_move_mass_by_plies"] == pytest.approx({"2": 2 / 28, "4": 4 / 28, "6": 3 / 28})
+    assert spread["blunder_mass"] == pytest.approx(15 / 28)
+    assert blunder_kinds(spread) == "0.214 / 0.071, 0.143, 0.107"
+    # Sure of one column each: a six-ply loss, a four-ply one, a six-ply one, the win.
+    on_the_loss = np.eye(7)[[1, 2, 0, 0]]
+    sure = policy_fidelity(Player(depth=1), positions, list(on_the_loss))
+    assert sure["losing_move_mass_by_plies"] == pytest.approx({"2": 0.0, "4": 0.25, "6": 0.5})
+    assert sure["missed_win_mass"] == 0.0 and sure["blunder_mass"] == pytest.approx(0.75)
+    shallow = policy_fidelity(Player(depth=1), positions, list(on_the_loss), depth=4)
+    assert shallow["losing_move_mass_by_plies"] == pytest.approx({"2": 0.0, "4": 0.25})
+    assert shallow["blunder_mass"] == pytest.approx(0.25)  # a shorter proof sees only the four-ply loss
+    assert blunder_kinds({"blunder_mass": 0.1}) == "-"  # results written before the split
 
 
 def test_no_blunder_in_a_lost_position() -> None:

@@ -385,6 +385,8 @@ def test_the_report_says_whether_the_strongest_labels_errors_compound(
         "blunder_mass": 0.0108,
         "player_blunder_mass": 0.0,
         "kl_from_player": 0.26,
+        "missed_win_mass": 0.0010,
+        "losing_move_mass_by_plies": {"2": 0.0023, "4": 0.0051, "6": 0.0024},
         "positions": 1051.0,
     }
     games = {**fidelity, "blunder_mass": in_its_games, "kl_from_player": 0.34, "positions": 3711.0}
@@ -409,4 +411,5 @@ def test_the_report_says_whether_the_strongest_labels_errors_compound(
     exact = "0.011 of its probability per move on blunders in its player's own positions (0.000 its player)"
     assert f"{exact} and {in_its_games:.3f}" in text
     table = "\n".join(connect_four_section("connect_four", result)[0])
-    assert f"| expert | 0.011 (0.000) | 0.26 | {in_its_games:.3f} (0.000) | 0.34 |" in table
+    row = f"| expert | 0.011 (0.000) | 0.001 / 0.002, 0.005, 0.002 | 0.26 | {in_its_games:.3f} (0.000) | 0.34 |"
+    assert row in table

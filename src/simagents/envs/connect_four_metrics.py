@@ -124,7 +124,7 @@ def policy_fidelity(
     positions: Sequence[Position],
     policies: Sequence[np.ndarray],
     depth: int = BLUNDER_DEPTH,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """How closely move distributions follow ``player``'s exact policy (:meth:`Player.policy`),
     one distribution per position (each (7,), zero on illegal columns), averaged over positions.
 
@@ -133,29 +133,52 @@ def policy_fidelity(
     probability each puts on :func:`blunder` columns, i.e. its expected blunders per move in
     these positions, exact where :func:`blunder_rate` counts sampled moves. An imitator of
     ``player`` read in the player's own positions gives the error of its policy alone; in the
-    positions its own games reach, also where its play leads."""
+    positions its own games reach, also where its play leads. ``missed_win_mass`` and
+    ``losing_move_mass_by_plies`` split ``blunder_mass`` as :func:`blunder_rate` splits the
+    blunders: which mistakes the policy still makes (the two-ply ones are on the board, the
+    longer ones need a search)."""
     if len(positions) != len(policies):
         raise ValueError(f"{len(policies)} policies for {len(positions)} positions")
     if not positions:
         raise ValueError("no positions to measure")
-    kl = on_player = blunders = player_blunders = 0.0
+    kl = on_player = blunders = player_blunders = missed_wins = 0.0
+    by_plies = dict.fromkeys(range(2, depth + 1, 2), 0.0)
     for position, policy in zip(positions, policies, strict=True):
         exact = player.policy(position)
         q = np.asarray(policy, dtype=np.float64)
         support = exact > 0
         kl += float((exact[support] * np.log(exact[support] / np.maximum(q[support], 1e-12))).sum())
         on_player += float(q[support].sum())
-        bad = [c for c in position.legal_moves() if blunder(position, c, depth) is not None]
+        kinds = {c: blunder(position, c, depth) for c in position.legal_moves()}
+        bad = [c for c, kind in kinds.items() if kind is not None]
         blunders += float(q[bad].sum())
         player_blunders += float(exact[bad].sum())
+        for column, kind in kinds.items():
+            if kind == "missed_win":
+                missed_wins += float(q[column])
+            elif kind == "losing_move":
+                plies = losing_plies(position, column, depth)
+                assert plies is not None  # a losing move loses within the proof's depth
+                by_plies[plies] += float(q[column])
     n = len(positions)
     return {
         "kl_from_player": kl / n,
         "mass_on_player_moves": on_player / n,
         "blunder_mass": blunders / n,
         "player_blunder_mass": player_blunders / n,
+        "missed_win_mass": missed_wins / n,
+        "losing_move_mass_by_plies": {str(d): mass / n for d, mass in by_plies.items()},
         "positions": float(n),
     }
+
+
+def blunder_kinds(fidelity: dict[str, Any]) -> str:
+    """``fidelity``'s blunder probability split by kind, e.g. ``0.001 / 0.002, 0.005, 0.004``
+    ("-" for results written before the split)."""
+    if "losing_move_mass_by_plies" not in fidelity:
+        return "-"
+    plies = ", ".join(f"{mass:.3f}" for mass in fidelity["losing_move_mass_by_plies"].values())
+    return f"{fidelity['missed_win_mass']:.3f} / {plies}"
 
 
 # --------------------------------------------------------------------------- games

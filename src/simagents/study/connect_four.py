@@ -78,6 +78,7 @@ from simagents.envs.connect_four import (
 from simagents.envs.connect_four_engine import Player
 from simagents.envs.connect_four_metrics import (
     Move,
+    blunder_kinds,
     blunder_rate,
     elo_against_population,
     move_statistics,
@@ -588,7 +589,7 @@ def move_log_likelihoods(simulator: Simulator, game: Episode, labels: Sequence[s
 
 
 @torch.no_grad()
-def label_fidelity(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[str, float]]:
+def label_fidelity(simulator: Simulator, heldout: list[Episode]) -> dict[str, dict[str, Any]]:
     """Per player: :func:`~simagents.envs.connect_four_metrics.policy_fidelity` of the simulator's
     policy with the player's label in the context, read move by move in the player's own held-out
     games (the policy over legal columns, as the imitator acts): its imitation error alone, apart
@@ -687,6 +688,7 @@ def format_results(results: dict[str, Any]) -> str:
     for label, f in results.get("label_fidelity", {}).items():
         lines.append(
             f"label {label} in its player's positions: {f['blunder_mass']:.3f} blunder probability per move "
-            f"(player {f['player_blunder_mass']:.3f}), KL from the player {f['kl_from_player']:.3f}"
+            f"(player {f['player_blunder_mass']:.3f}; win missed / lose in 2, 4, 6: {blunder_kinds(f)}), "
+            f"KL from the player {f['kl_from_player']:.3f}"
         )
     return "\n".join(lines)

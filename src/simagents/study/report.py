@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
+from simagents.envs.connect_four_metrics import blunder_kinds
 from simagents.io import atomic_write_text
 from simagents.study.prophecy import index_figure
 
@@ -586,9 +587,9 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
             "KL from the player's policy in nats), in the player's own held-out positions and in "
             "those of the label's games:",
             "",
-            "| label | on blunders, player's positions (player) | KL | on blunders, its games' positions "
-            "(player) | KL |",
-            "|---|---|---|---|---|",
+            "| label | on blunders, player's positions (player) | of which: win missed / lose in 2, 4, 6 "
+            "| KL | on blunders, its games' positions (player) | KL |",
+            "|---|---|---|---|---|---|",
         ]
         in_games = {e["label"]: e["fidelity"] for e in result["agents"].values() if "fidelity" in e}
         for label, f in fidelity.items():
@@ -599,7 +600,7 @@ def connect_four_section(name: str, result: dict[str, Any]) -> tuple[list[str], 
                 else "- | -"
             )
             lines.append(
-                f"| {label} | {f['blunder_mass']:.3f} ({f['player_blunder_mass']:.3f}) | "
+                f"| {label} | {f['blunder_mass']:.3f} ({f['player_blunder_mass']:.3f}) | {blunder_kinds(f)} | "
                 f"{f['kl_from_player']:.2f} | {games} |"
             )
     figure = f"figures/{name}_strength.png"
