@@ -411,5 +411,7 @@ def test_the_report_says_whether_the_strongest_labels_errors_compound(
     exact = "0.011 of its probability per move on blunders in its player's own positions (0.000 its player)"
     assert f"{exact} and {in_its_games:.3f}" in text
     table = "\n".join(connect_four_section("connect_four", result)[0])
-    row = f"| expert | 0.011 (0.000) | 0.001 / 0.002, 0.005, 0.002 | 0.26 | {in_its_games:.3f} (0.000) | 0.34 |"
+    row = (
+        f"| expert | 0.011 (0.000) | 0.001 / 0.002, 0.005, 0.002 | 0.26 | {in_its_games:.3f} (0.000) | 0.34 |"
+    )
     assert row in table
