@@ -18,7 +18,6 @@ from simagents.cli import main
 from simagents.data.minari_io import save_dataset
 from simagents.data.windows import WindowSampler
 from simagents.errors import SimagentsError
-from simagents.model import LOSS_HEADS
 from simagents.train import DataParallel, TrainConfig, _LossOf, data_parallel, to_batch
 
 STEPS = 50
@@ -41,7 +40,9 @@ def test_rank_slices_weighted_by_tokens_add_up_to_the_global_batch_loss(world: i
     batch = to_batch(WindowSampler(episodes, 6).sample(rng, 8), rng.random(8) < 0.5)
     model = tiny_model(BOX_OBS, DISCRETE_ACT, context_len=6)
     whole = model.loss(batch)
-    per_rank = [DataParallel(r, world, _LossOf(model)).losses(model, batch, LOSS_HEADS) for r in range(world)]
+    per_rank = [
+        DataParallel(r, world, _LossOf(model)).losses(model, batch, model.loss_heads) for r in range(world)
+    ]
     for head, value in whole.items():
         combined = sum(losses[head] for losses in per_rank) / world  # what DDP's gradient average sees
         torch.testing.assert_close(combined, value, rtol=1e-5, atol=1e-6, msg=head)

@@ -98,7 +98,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATISTICS_FILE = "statistics.json"
 LATEST_FILE = "latest.json"  # in a run's checkpoints/ folder: which checkpoint is newest
-LOSS_HEADS = ("action", "value", "action_value", "reward", "termination", "observation")
+LOSS_HEADS = ("action", "value", "action_value", "reward", "termination", "observation", "aux_targets")
 TOKEN_KINDS = ("obs", "return", "action", "reward")  # a timestep's tokens, in order
 HEAD_READS = {
     "action": "return",
@@ -107,6 +107,7 @@ HEAD_READS = {
     "reward": "action",
     "termination": "reward",
     "observation": "reward",
+    "aux_targets": "return",
 }  # the token kind whose hidden state each loss head reads
 
 
@@ -153,11 +154,17 @@ class SimulatorConfig:
     """Add an embedding of the episode's behaviour-policy label (one per label in the training
     data, plus a learned *unknown label*) to every token, so that agents can ask the simulator
     to play like a named policy (``make_agent("imitation", simulator, label=...)``)."""
+    aux_targets: int = 0
+    """Auxiliary targets per observation (``Episode.aux_targets``), predicted from R_t's hidden
+    state, the one the policy reads, and never read as input: signal that shapes the policy's
+    features, such as which moves lose. Set from the training data by the trainer; 0: none."""
 
     def __post_init__(self) -> None:
         for name in ("context_len", "n_embd", "n_layer", "n_head", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.aux_targets < 0:
+            raise ValueError(f"aux_targets={self.aux_targets} must be 0 (none) or more")
         if self.n_return_bins < 2:
             raise ValueError(f"n_return_bins={self.n_return_bins} must be at least 2")
         if self.max_timestep < 0:
@@ -462,6 +469,7 @@ class Simulator(nn.Module):
         self.reward_head = nn.Linear(d, 1)  # at a_t
         self.next_obs_head = nn.Linear(d, self.obs_dim)  # at r_t
         self.termination_head = nn.Linear(d, 1)  # at r_t
+        self.aux_head = nn.Linear(d, cfg.aux_targets) if cfg.aux_targets else None  # at R_t
 
         # Normalisation lives in buffers (not saved with the weights: statistics.json is the source).
         def buffer(name: str, values: list[float] | float) -> None:
@@ -641,14 +649,21 @@ class Simulator(nn.Module):
         h = self.transform(tokens.reshape(B, TOKENS_PER_STEP * K, -1), rows=rows).view(B, K, len(wanted), -1)
         return {TOKEN_KINDS[i]: h[:, :, j] for j, i in enumerate(wanted)}
 
-    def loss(self, batch: dict[str, Tensor], heads: Collection[str] = LOSS_HEADS) -> dict[str, Tensor]:
-        """Per-head mean losses over valid tokens, for the heads named (default: all of ``LOSS_HEADS``).
-        Weighting them is the trainer's choice; a head left out costs nothing, and a token kind
-        that no named head reads skips the last block's queries and MLP (``heads=("action",)``,
-        the Decision Transformer's loss, runs the last block on a quarter of the tokens)."""
-        unknown_heads = sorted(set(heads) - set(LOSS_HEADS))
+    @property
+    def loss_heads(self) -> tuple[str, ...]:
+        """The heads this simulator has: ``LOSS_HEADS``, less ``aux_targets`` without auxiliary targets."""
+        return tuple(head for head in LOSS_HEADS if head != "aux_targets" or self.aux_head is not None)
+
+    def loss(self, batch: dict[str, Tensor], heads: Collection[str] | None = None) -> dict[str, Tensor]:
+        """Per-head mean losses over valid tokens, for the heads named (default: all of
+        :attr:`loss_heads`). Weighting them is the trainer's choice; a head left out costs nothing,
+        and a token kind that no named head reads skips the last block's queries and MLP
+        (``heads=("action",)``, the Decision Transformer's loss, runs the last block on a quarter
+        of the tokens)."""
+        heads = self.loss_heads if heads is None else heads
+        unknown_heads = sorted(set(heads) - set(self.loss_heads))
         if unknown_heads:
-            raise ValueError(f"unknown loss head(s) {unknown_heads}; choose from {list(LOSS_HEADS)}")
+            raise ValueError(f"unknown loss head(s) {unknown_heads}; choose from {list(self.loss_heads)}")
         h = self(batch, kinds={HEAD_READS[head] for head in heads})
         valid = batch["mask"]  # (B,K) bool, False on padding
 
@@ -692,6 +707,11 @@ class Simulator(nn.Module):
             else:
                 obs_err = ((next_obs - self.normalize_observation(batch["next_observations"])) ** 2).mean(-1)
             losses["observation"] = mean(obs_err, valid)
+        if self.aux_head is not None and "aux_targets" in heads:
+            per_target = F.binary_cross_entropy_with_logits(
+                self.aux_head(h["return"]), batch["aux_targets"], reduction="none"
+            )  # (B,K,A)
+            losses["aux_targets"] = mean(per_target.mean(-1), valid)
         return losses
 
     def two_hot(self, returns: Tensor) -> Tensor:

@@ -93,6 +93,9 @@ class LossWeights:
     """Next observation (the world model)."""
     termination: float = 0.1
     """Whether the episode terminates after the step."""
+    aux_targets: float = 1.0
+    """Auxiliary targets (``Episode.aux_targets``), where the data carry them; read by no agent,
+    they shape the features the policy shares (see :attr:`~simagents.model.SimulatorConfig.aux_targets`)."""
 
 
 @dataclass(frozen=True)
@@ -627,7 +630,7 @@ class _LossOf(torch.nn.Module):
 def _loss_tokens(batch: dict[str, torch.Tensor]) -> dict[str, int]:
     """Tokens each head's loss averages over; must mirror the masks in Simulator.loss (the DDP test checks)."""
     valid = batch["mask"]
-    counts = dict.fromkeys(("value", "reward", "termination", "observation"), int(valid.sum()))
+    counts = dict.fromkeys(("value", "reward", "termination", "observation", "aux_targets"), int(valid.sum()))
     counts["action"] = int((valid & ~batch["interventions"]).sum())
     counts["action_value"] = int((valid & ~batch["return_known"].unsqueeze(1)).sum())
     return counts
@@ -697,7 +700,14 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
     model_cfg = cfg.model
     if model_cfg.max_timestep < 1:
         model_cfg = replace(model_cfg, max_timestep=int(flat.lengths.max()) + 1)
-        cfg = replace(cfg, model=model_cfg)
+    aux_targets = flat.aux_targets.shape[1] if cfg.loss.aux_targets else 0
+    if model_cfg.aux_targets not in (0, aux_targets):
+        raise SimagentsError(
+            f"{cfg.data[0]}: the model is set to {model_cfg.aux_targets} auxiliary targets but the data "
+            f"carry {flat.aux_targets.shape[1]}; leave --model.aux-targets at 0 (fitted to the data)"
+        )
+    model_cfg = replace(model_cfg, aux_targets=aux_targets)
+    cfg = replace(cfg, model=model_cfg)
     if resume:
         saved = from_dict(
             TrainConfig, read_json(cfg.out / "config.json", "run config"), str(cfg.out / "config.json")
@@ -736,7 +746,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
     episode_labels = np.array(label_of, dtype=np.int64)[flat.policy_ids[train_idx]]
     val_sampler = WindowSampler.from_arrays(flat, model_cfg.context_len, val_idx) if len(val_idx) else None
     weights = to_dict(cfg.loss)
-    heads = tuple(name for name, weight in weights.items() if weight)  # a zero-weight head costs nothing
+    # A zero-weight head costs nothing; a simulator without auxiliary targets has no such head.
+    heads = tuple(name for name, weight in weights.items() if weight and name in model.loss_heads)
     model.train()
     columns = [
         TextColumn("[bold]train"),

@@ -2,8 +2,8 @@
 
 An :class:`Episode` mirrors Minari's ``EpisodeData``: ``T`` steps, ``T + 1``
 observations (the last one is the observation after the final step), and
-terminations kept apart from truncations. Two optional extras carry what the
-simulator needs for causality and for labelling players:
+terminations kept apart from truncations. Optional extras carry what the
+simulator needs for causality, for labelling players and for auxiliary training signal:
 
 - ``interventions``: per-step flags, ``True`` where the action was the acting
   agent's own choice, drawn independently of any hidden state (counterfactual
@@ -12,6 +12,10 @@ simulator needs for causality and for labelling players:
 - ``block``: episodes with the same block id (``>= 0``) replay one hidden draw of the world
   with different actions (blocked randomisation of interventional data). The trainer draws a
   block's episodes into the same batch, so the hidden state's noise cancels between actions.
+- ``aux_targets``: per-observation facts in [0, 1] (``(T + 1, A)``) that the simulator learns to
+  predict from the state its policy reads and never reads as input: auxiliary tasks, as KataGo's
+  ownership targets, whose labels the data's maker knows and the agent does not (Connect Four's
+  engine proofs of which moves lose). ``A`` is 0 (none) by default.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from simagents.errors import SimagentsError
 
 # The default of Episode.interventions until __post_init__ sizes it: "no step was an intervention".
 _NO_INTERVENTIONS = np.zeros(0, dtype=bool)
+# The default of Episode.aux_targets until __post_init__ sizes it: no auxiliary targets.
+_NO_AUX_TARGETS = np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,20 @@ class Episode:
     policy: str = ""
     seed: int | None = None
     block: int = -1  # -1: not part of a block
+    aux_targets: np.ndarray = field(default_factory=lambda: _NO_AUX_TARGETS)  # (T+1, A) float32
 
     def __post_init__(self) -> None:
         n = len(self.rewards)
         # None: callers without type checking may still pass it for "no interventions".
         if self.interventions is None or self.interventions is _NO_INTERVENTIONS:
             object.__setattr__(self, "interventions", np.zeros(n, dtype=bool))
+        if self.aux_targets is None or self.aux_targets is _NO_AUX_TARGETS:
+            object.__setattr__(self, "aux_targets", np.zeros((n + 1, 0), dtype=np.float32))
+
+    @property
+    def n_aux_targets(self) -> int:
+        """A: auxiliary targets per observation (0: none)."""
+        return int(np.shape(self.aux_targets)[-1]) if np.ndim(self.aux_targets) == 2 else 0
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -77,6 +91,7 @@ class Episode:
             "truncations": (n,),
             "interventions": (n,),
         }
+        expected["aux_targets"] = (n + 1, self.n_aux_targets)
         for name, shape in expected.items():
             got = np.shape(getattr(self, name))
             if got != shape:
@@ -92,6 +107,12 @@ class Episode:
                 raise SimagentsError(
                     f"{where}: {name} contains NaN or inf; clean or drop the episode before training"
                 )
+        targets = np.asarray(self.aux_targets)
+        if targets.size and (targets.dtype.kind not in "biuf" or not np.all((targets >= 0) & (targets <= 1))):
+            raise SimagentsError(
+                f"{where}: aux_targets must be numbers in [0, 1] (probabilities or 0/1 facts); "
+                "rescale them or drop the field"
+            )
         if np.any(self.terminations[:-1]) or np.any(self.truncations[:-1]):
             raise SimagentsError(
                 f"{where}: an episode ends (termination or truncation) before its last step; "
@@ -134,6 +155,7 @@ def episode_from_arrays(
     policy: str = "",
     seed: int | None = None,
     block: int = -1,
+    aux_targets: np.ndarray | None = None,
 ) -> Episode:
     """Build an Episode with the contract's dtypes (int64 for Discrete, float32 for Box)."""
 
@@ -155,4 +177,5 @@ def episode_from_arrays(
         policy=policy,
         seed=seed,
         block=int(block),
+        aux_targets=_NO_AUX_TARGETS if aux_targets is None else np.asarray(aux_targets, dtype=np.float32),
     )

@@ -35,7 +35,7 @@ from simagents.data.minari_io import Dataset, stream_dataset
 from simagents.errors import SimagentsError
 from simagents.io import LOCK_NAME, atomic_write_json, hold_lock, read_json
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: aux_targets
 MANIFEST = "manifest.json"
 CHUNK_STEPS = 1 << 16
 """Steps converted (and statistics read) per chunk: bounds the memory either needs."""
@@ -55,6 +55,7 @@ class FlatEpisodes:
     terminations: np.ndarray  # (N,) bool
     interventions: np.ndarray  # (N,) bool
     returns_to_go: np.ndarray  # (N,) float32, as Episode.returns_to_go
+    aux_targets: np.ndarray  # (N + E, A) float32, as Episode.aux_targets; A = 0 without
     policies: tuple[str, ...] = ("",)  # behaviour-policy labels, "" for none
 
     @classmethod
@@ -73,6 +74,12 @@ class FlatEpisodes:
             # Box spaces are flattened to vectors; Discrete stay scalar indices.
             return values if values.ndim == 1 else values.reshape(len(values), -1)
 
+        widths = {e.n_aux_targets for e in episodes}
+        if len(widths) > 1:
+            raise SimagentsError(
+                f"episodes carry different numbers of auxiliary targets ({sorted(widths)}); give every "
+                "episode the same aux_targets, or none"
+            )
         return cls(
             lengths=np.array([len(e) for e in episodes], dtype=np.int64),
             blocks=np.array([e.block for e in episodes], dtype=np.int64),
@@ -84,6 +91,7 @@ class FlatEpisodes:
             terminations=flat("terminations"),
             interventions=flat("interventions"),
             returns_to_go=np.concatenate([e.returns_to_go() for e in episodes]),
+            aux_targets=np.concatenate([e.aux_targets for e in episodes]).astype(np.float32),
             policies=policies,
         )
 
@@ -256,7 +264,7 @@ def _convert(staging: Path, streams: list[tuple[np.ndarray, Iterator[Episode]]])
             if values.shape[1:] != out.shape[1:]:
                 raise SimagentsError(
                     f"episode {cursor['episode']}: {name} rows of shape {values.shape[1:]} differ from the "
-                    f"first episode's {out.shape[1:]}; every episode must have the same spaces"
+                    f"first episode's {out.shape[1:]}; every episode must have the same spaces (and auxiliary targets)"
                 )
             out[cursor[axis] : cursor[axis] + rows[axis]] = values
         for axis in cursor:
@@ -290,7 +298,7 @@ def _convert(staging: Path, streams: list[tuple[np.ndarray, Iterator[Episode]]])
 def _axis(name: str) -> str:
     if name in ("lengths", "blocks", "policy_ids", "episode_returns"):
         return "episode"
-    return "obs" if name == "observations" else "step"
+    return "obs" if name in ("observations", "aux_targets") else "step"
 
 
 def cache_bytes(flat: FlatEpisodes) -> int:

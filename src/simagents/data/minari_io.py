@@ -248,6 +248,8 @@ def _save_dataset(
                 "intervention": np.concatenate([[False], np.asarray(ep.interventions, dtype=bool)]),
                 "policy_id": np.full(len(ep) + 1, policy_ids[ep.policy], dtype=np.int64),
                 "block": np.full(len(ep) + 1, ep.block, dtype=np.int64),
+                # One row per observation, as the infos: the reset info's row is the first's.
+                **({"aux_targets": np.asarray(ep.aux_targets, dtype=np.float32)} if ep.n_aux_targets else {}),
             },
         )
         for ep in episodes
@@ -563,7 +565,13 @@ def _to_episode(
         raise SimagentsError(
             f"{where}: infos/block has shape {np.shape(blocks)}, expected ({n + 1},); re-create the dataset"
         )
-    return Episode(
+    aux_targets = infos.get("aux_targets")
+    if aux_targets is not None and (np.ndim(aux_targets) != 2 or len(aux_targets) != n + 1):
+        raise SimagentsError(
+            f"{where}: infos/aux_targets has shape {np.shape(aux_targets)}, expected ({n + 1}, A) (one row "
+            "per observation); re-create the dataset"
+        )
+    labelled = Episode(
         observations=episode.observations,
         actions=episode.actions,
         rewards=episode.rewards,
@@ -573,7 +581,13 @@ def _to_episode(
         policy=str(policies[policy_id]),
         seed=episode.seed,
         block=-1 if blocks is None else int(np.asarray(blocks)[0]),
+        aux_targets=np.asarray(
+            np.zeros((n + 1, 0)) if aux_targets is None else aux_targets, dtype=np.float32
+        ),
     )
+    if aux_targets is not None:
+        labelled.validate(obs_space, act_space, where=where)
+    return labelled
 
 
 # --------------------------------------------------------------------------- spaces

@@ -60,6 +60,7 @@ class WindowSampler:
         self.terminations = flat.terminations
         self.interventions = flat.interventions
         self.returns_to_go = flat.returns_to_go
+        self.aux_targets = flat.aux_targets
         self.units = _sampling_units(flat.blocks[episodes])
         if self.units is not None:  # units are drawn in proportion to their steps
             unit_steps = np.where(self.units >= 0, self.lengths[self.units], 0).sum(axis=1)
@@ -132,6 +133,7 @@ class WindowSampler:
             "returns_to_go": gather(self.returns_to_go, flat_step),
             "terminations": gather(self.terminations, flat_step),
             "interventions": gather(self.interventions, flat_step),
+            "aux_targets": gather(self.aux_targets, flat_obs),
             "timesteps": np.where(mask, step, 0),
             "mask": mask,
             "episode": episode,

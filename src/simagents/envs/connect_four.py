@@ -39,7 +39,9 @@ middle player). Each episode is one game from the player's side, labelled with t
 player's name (``Episode.policy``), so a simulator sees who is playing only through how
 they play. Interventional data are uniformly random legal moves, flagged as interventions.
 The metrics (blunders, outcome rates, move entropy, KL to the data, Elo) are in
-:mod:`simagents.envs.connect_four_metrics`.
+:mod:`simagents.envs.connect_four_metrics`. :func:`with_losing_moves` adds the engine's proof of
+which moves lose as each game's auxiliary targets (``Episode.aux_targets``): a simulator trained
+on them learns to see what the strong players avoid, from the board alone.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from simagents.envs.connect_four_engine import (
     Player,
     Position,
     cells,
+    forced_win,
     forks,
     playable,
     threats,
@@ -307,6 +310,27 @@ def demonstrations(
     return games
 
 
+def losing_moves(position: Position, plies: int) -> np.ndarray:
+    """(7,) float32: 1 in the columns where a stone of the side to move lets the opponent force
+    a win within ``plies`` plies, the move itself first (the blunder detector's proof,
+    :func:`~simagents.envs.connect_four_metrics.losing_plies`); 0 in the others, in full columns
+    and once the game is over."""
+    out = np.zeros(COLUMNS, dtype=np.float32)
+    if not position.is_over():
+        for column in position.legal_moves():
+            out[column] = forced_win(position.play(column), plies - 1)
+    return out
+
+
+def with_losing_moves(episode: Episode, plies: int) -> Episode:
+    """``episode`` (a game from the agent's side) with :func:`losing_moves` of each position the
+    agent moves in as its auxiliary targets; the final observation, the game over, gets zeros."""
+    targets = np.zeros((len(episode.observations), COLUMNS), dtype=np.float32)
+    for row, observation in enumerate(episode.observations[:-1]):
+        targets[row] = losing_moves(position_from_observation(observation), plies)
+    return dataclasses.replace(episode, aux_targets=targets)
+
+
 def mirror(episode: Episode) -> Episode:
     """The game reflected left to right (column ``c`` becomes ``6 - c``), labelled alike.
 
@@ -318,6 +342,8 @@ def mirror(episode: Episode) -> Episode:
         episode,
         observations=np.ascontiguousarray(planes.reshape(len(planes), OBSERVATION_SIZE)),
         actions=COLUMNS - 1 - episode.actions,
+        # Per-column targets (losing_moves) mirror with the board; there are no others here.
+        aux_targets=np.ascontiguousarray(episode.aux_targets[:, ::-1]),
     )
 
 

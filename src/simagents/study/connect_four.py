@@ -74,9 +74,11 @@ from simagents.envs.connect_four import (
     demonstrations,
     mirror,
     position_from_observation,
+    with_losing_moves,
 )
 from simagents.envs.connect_four_engine import Player
 from simagents.envs.connect_four_metrics import (
+    BLUNDER_DEPTH,
     Move,
     blunder_kinds,
     blunder_rate,
@@ -155,6 +157,11 @@ class ConnectFourBudget:
     that head, so it only shapes the features the others share. Measured at seed 0 (2026-12-04),
     0.1 against 1: the club and expert labels blunder at 0.030 and 0.022 (0.025, 0.019 at 1),
     the unconditioned imitator wins 0.30 (0.33), edt 0.62 (0.68), rl 0.67 (0.79): no better."""
+    losing_moves_loss: float = 0.0
+    """Weight of an auxiliary target: for each position of the training games, which columns
+    lose (the blunder detector's proof, 6 plies: :func:`~simagents.envs.connect_four.losing_moves`),
+    predicted from the state the policy reads and never shown to the simulator as input. 0: the
+    data carry no such targets."""
     dropout: float = 0.0
     """Dropout of the simulator in training (:attr:`~simagents.model.SimulatorConfig.dropout`).
     Measured at seed 0 with every window from the first move (2026-12-04), 0.1 against none: the
@@ -222,6 +229,10 @@ class ConnectFourBudget:
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "Connect Four budget field precision")
+        if not self.losing_moves_loss >= 0:
+            raise SimagentsError(
+                f"Connect Four budget field losing_moves_loss={self.losing_moves_loss}: must be 0 (off) or more"
+            )
 
 
 BUDGETS = {
@@ -413,6 +424,8 @@ def _run(
     tick = time.perf_counter()
     games = demonstrations(params, budget.episodes, np.random.default_rng([seed, 0]))
     heldout = demonstrations(params, budget.heldout_episodes, np.random.default_rng([seed, 1]))
+    if budget.losing_moves_loss:
+        games = [with_losing_moves(game, BLUNDER_DEPTH) for game in games]
     if budget.mirror:
         games += [mirror(game) for game in games]
     env = ConnectFourEnv(**params)
@@ -454,7 +467,7 @@ def _run(
         data=(str(path),),
         out=folder / "simulator",
         model=model_cfg,
-        loss=LossWeights(observation=budget.observation_loss),
+        loss=LossWeights(observation=budget.observation_loss, aux_targets=budget.losing_moves_loss),
         steps=budget.steps,
         batch_size=budget.batch_size,
         length_grouping=budget.length_grouping,
