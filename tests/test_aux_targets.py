@@ -28,7 +28,7 @@ from simagents.envs.connect_four_engine import Position
 from simagents.envs.connect_four_metrics import losing_plies
 from simagents.errors import SimagentsError
 from simagents.model import Simulator, SimulatorConfig
-from simagents.study.connect_four import BUDGETS, ConnectFourBudget, run_connect_four
+from simagents.study.connect_four import BUDGETS, ConnectFourBudget, detection_scores, run_connect_four
 from simagents.train import LossWeights, TrainConfig, to_batch, train
 
 
@@ -197,6 +197,13 @@ def test_connect_four_run_trains_on_losing_moves_when_weighted(tmp_path: Path, w
     run_connect_four({}, out=tmp_path / "c4", budget=budget, agents=["imitation[expert]"])
     saved = json.loads((tmp_path / "c4" / "simulator" / "config.json").read_text())
     assert saved["model"]["aux_targets"] == targets
+    results = json.loads((tmp_path / "c4" / "results.json").read_text())
+    assert ("losing_moves" in results) == bool(targets)
+    if targets:  # what the head sees, and where each label's losing moves fall
+        seen = results["losing_moves"]
+        assert 0 <= seen["head"]["recall"] <= 1 and 0 <= seen["head"]["auc"] <= 1
+        for label in seen["labels"].values():
+            assert 0 <= label["flagged_mass"] <= label["losing_mass"] <= 1
 
 
 def test_space_of_the_targets_is_independent_of_the_observation_space():
@@ -205,3 +212,13 @@ def test_space_of_the_targets_is_independent_of_the_observation_space():
     episode = random_episode(np.random.default_rng(0), 3, space, DISCRETE_ACT)
     episode = dataclasses.replace(episode, aux_targets=np.full((4, 2), 0.5, np.float32))
     episode.validate(space, DISCRETE_ACT)
+
+
+def test_detection_scores_on_hand_made_scores():
+    truth = np.array([True, True, False, False, False])
+    perfect = detection_scores(truth, np.array([0.9, 0.6, 0.4, 0.2, 0.1]))
+    assert perfect == {"recall": 1.0, "precision": 1.0, "auc": 1.0, "losing_share": 0.4, "moves": 5.0}
+    # One true entry missed (0.3), one false one flagged (0.7), which also outranks it.
+    mixed = detection_scores(truth, np.array([0.9, 0.3, 0.7, 0.2, 0.1]))
+    assert mixed["recall"] == 0.5 and mixed["precision"] == 0.5
+    assert mixed["auc"] == pytest.approx(5 / 6)  # 5 of the 6 (true, false) pairs in order

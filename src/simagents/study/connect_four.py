@@ -38,7 +38,8 @@
    its player's exact policy in the positions of its games), ``probes``, ``label_nll`` (per
    player, nats per held-out move under its own label and under the unknown one),
    ``label_fidelity`` (per player, the label's policy against the player's exact one in the
-   player's held-out positions: :func:`label_fidelity`), ``data``, ``budget`` and ``timings``.
+   player's held-out positions: :func:`label_fidelity`), with ``losing_moves_loss`` also
+   ``losing_moves`` (:func:`losing_moves_section`), ``data``, ``budget`` and ``timings``.
 
 Move entropy and KL to the data are measured in the positions that both the agent's games
 and the training data reach, the data at least ``MIN_DATA_VISITS`` times, from the policies a
@@ -72,6 +73,7 @@ from simagents.envs.connect_four import (
     POPULATION,
     ConnectFourEnv,
     demonstrations,
+    losing_moves,
     mirror,
     position_from_observation,
     with_losing_moves,
@@ -527,6 +529,7 @@ def _run(
     probes = probe_section(simulator, heldout, seed)
     imitation_nll = label_nll(simulator, heldout)
     fidelity = label_fidelity(simulator, heldout)
+    seen = losing_moves_section(simulator, heldout) if simulator.aux_head is not None else None
     for name in POPULATION:
         population[name]["inferred_player"] = inferred_player(
             simulator, [e for e in heldout if e.policy == name]
@@ -548,6 +551,7 @@ def _run(
         "probes": probes,
         "label_nll": imitation_nll,
         "label_fidelity": fidelity,
+        **({"losing_moves": seen} if seen is not None else {}),
         "data": {
             "path": str(path),
             "episodes": len(games),
@@ -624,6 +628,69 @@ def label_fidelity(simulator: Simulator, heldout: list[Episode]) -> dict[str, di
                 policies.append(torch.softmax(logits[t].masked_fill(~legal, -torch.inf), -1).numpy())
         out[name] = policy_fidelity(player, positions, policies)
     return out
+
+
+@torch.no_grad()
+def losing_moves_section(simulator: Simulator, heldout: list[Episode]) -> dict[str, Any]:
+    """What a simulator trained on the losing-moves target (``losing_moves_loss``) sees in the
+    held-out games, and what each label does with it.
+
+    ``head``: the target's head read with each game's own label in the context, a move flagged
+    where its probability passes 0.5, against the engine's proof: ``recall`` and ``precision``
+    over the legal moves, ``auc`` (the chance that a losing move scores above a safe one),
+    ``losing_share``. Per label, in its player's positions where some move is safe and none wins:
+    ``losing_mass`` (probability per position on losing moves) and ``flagged_mass`` (the part on
+    moves the head flags): whether a label's losing moves are ones the simulator cannot see or
+    ones it sees and plays anyway."""
+    aux_head = simulator.aux_head
+    if aux_head is None:
+        raise ValueError("losing_moves_section reads a simulator trained with losing_moves_loss")
+    scores, truths = [], []
+    labels: dict[str, dict[str, float]] = {}
+    for name in POPULATION:
+        losing_mass, flagged_mass, positions = 0.0, 0.0, 0
+        for game in (e for e in heldout if e.policy == name):
+            hidden = simulator(labelled_game(simulator, game, [name]))["return"][0]  # (T,d)
+            flags = torch.sigmoid(aux_head(hidden)).numpy()
+            logits = simulator.action_params(hidden)
+            for t in range(len(game)):
+                position = position_from_observation(game.observations[t])
+                legal = position.action_mask() != 0
+                truth = losing_moves(position, BLUNDER_DEPTH) != 0
+                scores.append(flags[t][legal])
+                truths.append(truth[legal])
+                if truth[legal].all() or position.winning_moves():
+                    continue
+                policy = torch.softmax(logits[t].masked_fill(torch.as_tensor(~legal), -torch.inf), -1).numpy()
+                losing_mass += float(policy[truth].sum())
+                flagged_mass += float(policy[truth & (flags[t] > 0.5)].sum())
+                positions += 1
+        labels[name] = {
+            "losing_mass": losing_mass / max(positions, 1),
+            "flagged_mass": flagged_mass / max(positions, 1),
+            "positions": float(positions),
+        }
+    head = detection_scores(np.concatenate(truths), np.concatenate(scores))
+    return {"head": head, "labels": labels}
+
+
+def detection_scores(truth: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """How well ``score`` (N,) finds the True entries of ``truth`` (N,) bool: ``recall`` and
+    ``precision`` of ``score > threshold``, ``auc`` (the chance that a true entry scores above a
+    false one; ties count as below), ``losing_share`` (the share of true entries), ``moves`` (N)."""
+    flagged = score > threshold
+    ranks = np.empty(len(score))
+    ranks[np.argsort(score, kind="stable")] = np.arange(1, len(score) + 1)
+    positives = int(truth.sum())
+    negatives = len(truth) - positives
+    auc = (ranks[truth].sum() - positives * (positives + 1) / 2) / max(positives * negatives, 1)
+    return {
+        "recall": float((flagged & truth).sum() / max(positives, 1)),
+        "precision": float((flagged & truth).sum() / max(int(flagged.sum()), 1)),
+        "auc": float(auc),
+        "losing_share": float(truth.mean()),
+        "moves": float(len(truth)),
+    }
 
 
 @torch.no_grad()
