@@ -216,8 +216,11 @@ class TrainConfig:
                 raise SimagentsError(
                     f"--loss.{name.replace('_', '-')} {weight}: must be 0 or more (train config field loss.{name})"
                 )
-        if not any(weights.values()):
-            raise SimagentsError("every --loss.* weight is 0: nothing would train; give --loss.action 1, say")
+        if not any(weight for name, weight in weights.items() if name != "aux_targets"):
+            raise SimagentsError(
+                "every --loss.* weight is 0 (auxiliary targets alone train no head an agent reads): nothing "
+                "would train; give --loss.action 1, say"
+            )
 
 
 def fit_statistics(
