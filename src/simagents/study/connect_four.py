@@ -167,7 +167,8 @@ class ConnectFourBudget:
     seeds 0 / 1, 300 games): at 1 the simulator finds 89% / 90% of the losing moves of unseen
     games at 96% / 95% precision, and the expert label blunders at 0.016 / 0.017 against 0.017
     / 0.019 without, club 0.023 / 0.024 against 0.023 / 0.028; at 4 0.013 / 0.020 and 0.022 / 0.021.
-    Half the expert label's remaining tail is on moves its own head flags (docs/connect-four.md);
+    A quarter to a half of the expert label's remaining tail is on moves its own head flags
+    (docs/connect-four.md);
     the data take 3 more minutes to prove."""
     dropout: float = 0.0
     """Dropout of the simulator in training (:attr:`~simagents.model.SimulatorConfig.dropout`).
