@@ -168,8 +168,7 @@ class ConnectFourBudget:
     games at 96% / 95% precision, and the expert label blunders at 0.016 / 0.017 against 0.017
     / 0.019 without, club 0.023 / 0.024 against 0.023 / 0.028; at 4 0.013 / 0.020 and 0.022 / 0.021.
     A quarter to a half of the expert label's remaining tail is on moves its own head flags
-    (docs/connect-four.md);
-    the data take 3 more minutes to prove."""
+    (docs/connect-four.md); the data take 3 more minutes to prove."""
     dropout: float = 0.0
     """Dropout of the simulator in training (:attr:`~simagents.model.SimulatorConfig.dropout`).
     Measured at seed 0 with every window from the first move (2026-12-04), 0.1 against none: the
