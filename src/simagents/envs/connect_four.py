@@ -70,8 +70,8 @@ from simagents.envs.connect_four_engine import (
     Player,
     Position,
     cells,
-    forced_win,
     forks,
+    loses,
     playable,
     threats,
 )
@@ -318,7 +318,7 @@ def losing_moves(position: Position, plies: int) -> np.ndarray:
     out = np.zeros(COLUMNS, dtype=np.float32)
     if not position.is_over():
         for column in position.legal_moves():
-            out[column] = forced_win(position.play(column), plies - 1)
+            out[column] = loses(position, column, plies)
     return out
 
 

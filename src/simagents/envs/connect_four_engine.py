@@ -311,6 +311,12 @@ def forced_win(position: Position, plies: int) -> bool:
     return _forced_win(position.current, position.mask, position.moves, plies)
 
 
+def loses(position: Position, column: int, plies: int) -> bool:
+    """True if after the side to move's stone in ``column`` the opponent can force a win within
+    ``plies`` plies, the move itself first (``plies=2``: it wins at once)."""
+    return forced_win(position.play(column), plies - 1)
+
+
 def _forced_win(current: int, mask: int, moves: int, plies: int) -> bool:
     if plies < 1 or moves >= CELLS:
         return False

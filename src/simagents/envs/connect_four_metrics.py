@@ -46,7 +46,7 @@ from simagents.envs.connect_four import (
     EnginePlayerAgent,
     position_from_observation,
 )
-from simagents.envs.connect_four_engine import COLUMNS, Player, Position, forced_win
+from simagents.envs.connect_four_engine import COLUMNS, Player, Position, loses
 
 Move = tuple[Position, int]
 """A position with the side to move and the column it played."""
@@ -74,15 +74,11 @@ def blunder(position: Position, column: int, depth: int = BLUNDER_DEPTH) -> str 
     winning = position.winning_moves()
     if winning:
         return None if column in winning else "missed_win"
-    if _loses(position, column, depth):
+    if loses(position, column, depth):
         others = (c for c in position.legal_moves() if c != column)
-        if any(not _loses(position, c, depth) for c in others):
+        if any(not loses(position, c, depth) for c in others):
             return "losing_move"
     return None
-
-
-def _loses(position: Position, column: int, depth: int) -> bool:
-    return forced_win(position.play(column), depth - 1)
 
 
 def losing_plies(position: Position, column: int, depth: int = BLUNDER_DEPTH) -> int | None:
@@ -90,7 +86,7 @@ def losing_plies(position: Position, column: int, depth: int = BLUNDER_DEPTH) ->
     ``column``: 2 (it wins at once), 4 (a threat the mover cannot meet, e.g. a fork), 6 ...;
     None if it forces none within ``depth``. How far ahead a player must look to avoid the move."""
     for plies in range(2, depth + 1, 2):  # the opponent moves, and so can win, on even plies only
-        if _loses(position, column, plies):
+        if loses(position, column, plies):
             return plies
     return None
 

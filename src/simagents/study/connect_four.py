@@ -164,9 +164,10 @@ class ConnectFourBudget:
     lose (the blunder detector's proof, 6 plies: :func:`~simagents.envs.connect_four.losing_moves`),
     predicted from the state the policy reads and never shown to the simulator as input. 0: the
     data carry no such targets. Measured at the default budget in bf16 (AMD EPYC, 2026-12-07,
-    seeds 0 / 1, 300 games): at 1 the simulator finds 89% / 90% of the losing moves of unseen
-    games at 96% / 95% precision, and the expert label blunders at 0.016 / 0.017 against 0.017
-    / 0.019 without, club 0.023 / 0.024 against 0.023 / 0.028; at 4 0.013 / 0.020 and 0.022 / 0.021.
+    seeds 0 / 1, 300 games): at 1 the simulator finds 90% / 89% of the losing moves of the
+    held-out games at 95% precision (``results.json``'s ``losing_moves``), and the expert label
+    blunders at 0.016 / 0.017 against 0.017 / 0.019 without, club 0.023 / 0.024 against 0.023 /
+    0.028; at 4 0.013 / 0.020 and 0.022 / 0.021.
     A quarter to a half of the expert label's remaining tail is on moves its own head flags
     (docs/connect-four.md); the data take 3 more minutes to prove."""
     dropout: float = 0.0
