@@ -17,7 +17,7 @@ from helpers import BOX_OBS, DISCRETE_ACT, random_episode
 from simagents.cli import main
 from simagents.data.minari_io import dataset_lock, save_dataset
 from simagents.errors import SimagentsError
-from simagents.io import LOCK_NAME, hold_lock
+from simagents.io import LOCK_NAME, fresh_folder, hold_lock
 from simagents.train import TrainConfig, train
 
 HOLDER = """
@@ -150,6 +150,8 @@ def test_valid_edge_values_are_accepted(tiny_data: Path, tmp_path: Path) -> None
 
 
 def test_a_second_study_or_testbed_run_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    from simagents.study.connect_four import run_connect_four
+    from simagents.study.prophecy import run_prophecy
     from simagents.study.run import run_study
     from simagents.study.testbed import run_testbed
 
@@ -159,9 +161,31 @@ def test_a_second_study_or_testbed_run_in_the_same_folder_is_refused(tmp_path: P
             lambda out: run_study(profile="smoke", out=out, only=["gamble"], progress=False),
         ),
         (tmp_path / "testbed", lambda out: run_testbed("gamble", out=out, budget="smoke")),
+        (tmp_path / "prophecy", lambda out: run_prophecy(out=out, budget="smoke")),
+        (tmp_path / "connect_four", lambda out: run_connect_four(out=out, budget="smoke")),
     ):
         with held_elsewhere(out):
             with pytest.raises(SimagentsError, match=rf"{out.name}: another process \(pid \d+\) is writing"):
                 start(out)
             # Refused before anything was written: only the holder's lock file is there.
             assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+
+
+def test_a_fresh_folder_that_fails_is_left_as_it_was_found(tmp_path: Path) -> None:
+    for existed in (False, True):
+        out = tmp_path / f"run-{existed}"
+        if existed:
+            out.mkdir()  # made by the user, empty: kept
+        with pytest.raises(KeyboardInterrupt), fresh_folder(out, "run") as folder:
+            assert folder == out and (out / LOCK_NAME).exists()
+            (out / "sub").mkdir()
+            (out / "sub" / "results.json").write_text("{}")
+            raise KeyboardInterrupt
+        assert out.is_dir() == existed and (not existed or not any(out.iterdir()))
+    with fresh_folder(tmp_path / "ok", "run") as folder:
+        (folder / "results.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "ok").iterdir()] == ["results.json"]  # the lock is gone
+    refused = r"ok already exists and is not empty.*another --out"
+    with pytest.raises(SimagentsError, match=refused), fresh_folder(tmp_path / "ok", "run"):
+        pass
+    assert (tmp_path / "ok" / "results.json").read_text() == "{}"  # refused: nothing touched

@@ -12,6 +12,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 import types
 import typing
@@ -255,3 +256,37 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)  # the holder released and removed the file between our open and flock
+
+
+def check_can_write(path: str | Path) -> Path:
+    """Return ``path`` as an absolute Path, or raise if a non-empty file or folder is already there.
+
+    A folder that holds only a run-folder lock counts as empty: the lock may be our own.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and (not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())):
+        raise SimagentsError(
+            f"{path} already exists and is not empty; refusing to overwrite it. "
+            "Choose another --out, or delete it first if you no longer need it"
+        )
+    return path
+
+
+@contextmanager
+def fresh_folder(out: str | Path, what: str) -> Iterator[Path]:
+    """Write one run into ``out``: absent or empty on entry, locked while the block runs.
+
+    If the block raises (a bad input found late, Ctrl-C), everything in the folder is removed,
+    as the folder was absent or empty before: nothing half-written is left that looks like a
+    result, and an empty folder the user had made is kept.
+    """
+    folder = check_can_write(out)
+    existed = folder.exists()
+    with hold_lock(folder, what):
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            if existed:
+                folder.mkdir(parents=True, exist_ok=True)
+            raise

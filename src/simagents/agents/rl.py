@@ -30,7 +30,6 @@ import copy
 import json
 import math
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from torch import Tensor
 
 from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, to_dict
+from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, to_dict
 from simagents.model import Simulator, as_model_input
 from simagents.threads import threads
 
@@ -329,15 +328,8 @@ def finetune(
     """
     cfg = config or FinetuneConfig()
     cfg.check()
-    folder = Path(out).expanduser().absolute()
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise SimagentsError(f"{folder} already exists and is not empty; choose another --out")
-    try:
-        with threads(cfg.threads):
-            return _finetune(simulator, env, folder, cfg, source or {}, progress)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    with fresh_folder(out, "fine-tuning run") as folder, threads(cfg.threads):
+        return _finetune(simulator, env, folder, cfg, source or {}, progress)
 
 
 def _finetune(

@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from simagents.data.episodes import Episode, episode_from_arrays, space_shape
-from simagents.data.minari_io import check_can_write, dataset_lock, register_simagents_envs, save_dataset
+from simagents.data.minari_io import dataset_lock, register_simagents_envs, save_dataset
 from simagents.data.policies import make_policy, parse_population
 from simagents.errors import SimagentsError
+from simagents.io import check_can_write
 
 
 @dataclass

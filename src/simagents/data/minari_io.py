@@ -43,7 +43,7 @@ import numpy as np
 
 from simagents.data.episodes import Episode, episode_from_arrays, space_shape
 from simagents.errors import SimagentsError
-from simagents.io import LOCK_NAME, hold_lock
+from simagents.io import LOCK_NAME, check_can_write, hold_lock
 
 FORMAT = 1
 META_KEY = "simagents"
@@ -130,20 +130,6 @@ def _dataset_id_for(path: Path) -> str:
     if not re.search(r"-v\d+$", name):
         name += "-v0"
     return f"simagents/{name}"
-
-
-def check_can_write(path: str | Path) -> Path:
-    """Return ``path`` as an absolute Path, or raise if a non-empty file or folder is already there.
-
-    A folder that holds only a run-folder lock counts as empty: the lock may be our own.
-    """
-    path = Path(path).expanduser().absolute()
-    if path.exists() and (not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())):
-        raise SimagentsError(
-            f"{path} already exists and is not empty; refusing to overwrite it. "
-            "Choose another --out, or delete it first if you no longer need it"
-        )
-    return path
 
 
 def _env_for_spec(env_id: str | None, env_kwargs: dict[str, Any]) -> gym.Env | None:

@@ -50,7 +50,6 @@ sampling agent drew its moves from (:func:`~simagents.envs.connect_four_metrics.
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -66,7 +65,7 @@ from simagents.agents import Agent, make_agent
 from simagents.agents.base import label_shares
 from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
-from simagents.data.minari_io import check_can_write, save_dataset
+from simagents.data.minari_io import save_dataset
 from simagents.envs import get_testbed
 from simagents.envs.connect_four import (
     OBSERVATION_IMAGE,
@@ -94,7 +93,7 @@ from simagents.envs.connect_four_metrics import (
     population_elo,
 )
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, hold_lock, option_value, to_dict
+from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, option_value, to_dict
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.probes import probe_features, probe_report
 from simagents.threads import threads
@@ -357,17 +356,8 @@ def run_connect_four(
     full_params = testbed.check_params(params)
     entries = expand_agents(agents)
     budget = resolve_budget(budget)
-    folder = check_can_write(out)
-    existed = folder.exists()
-    with hold_lock(folder, "testbed run"):
-        try:
-            with threads(budget.threads):
-                return _run(full_params, entries, seed, folder, budget, progress)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: it was absent or empty
-            if existed:
-                folder.mkdir(parents=True, exist_ok=True)
-            raise
+    with fresh_folder(out, "testbed run") as folder, threads(budget.threads):
+        return _run(full_params, entries, seed, folder, budget, progress)
 
 
 def agent_metrics(

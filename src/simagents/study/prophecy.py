@@ -28,7 +28,6 @@ testbed prophecy --param delay=1 --sweep gamma=0,0.5,0.9,0.99 --out DIR``):
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,11 +41,11 @@ from simagents.agents import make_agent
 from simagents.agents.myopic import record_episodes, repeated_risk_minimisation
 from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
-from simagents.data.minari_io import check_can_write, save_dataset
+from simagents.data.minari_io import save_dataset
 from simagents.envs import get_testbed
 from simagents.envs.prophecy import ProphecyParams, instrumentality_index, optimal_forecasts
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, to_dict
+from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, to_dict
 from simagents.model import Simulator, SimulatorConfig
 from simagents.threads import threads
 from simagents.train import LossWeights, TrainConfig, train
@@ -197,16 +196,8 @@ def run_prophecy(
     agents = check_agents(agents)
     sweeps = parse_sweep(sweep)
     budget = resolve_budget(budget)
-    folder = check_can_write(out)
-    existed = folder.exists()
-    try:
-        with threads(budget.threads):
-            return _run(full_params, agents, seed, folder, budget, sweeps.get("gamma"), progress)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # nothing half-written: it was absent or empty
-        if existed:
-            folder.mkdir(parents=True, exist_ok=True)
-        raise
+    with fresh_folder(out, "testbed run") as folder, threads(budget.threads):
+        return _run(full_params, agents, seed, folder, budget, sweeps.get("gamma"), progress)
 
 
 def _run(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -37,10 +36,10 @@ import numpy as np
 import torch
 
 from simagents.agents import AGENTS, Agent, evaluate, make_agent
-from simagents.data.minari_io import check_can_write, save_dataset
+from simagents.data.minari_io import save_dataset
 from simagents.envs import Testbed, get_testbed
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, hold_lock, to_dict
+from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, to_dict
 from simagents.model import Context, Simulator, SimulatorConfig
 from simagents.threads import threads
 from simagents.train import TrainConfig, train
@@ -288,19 +287,9 @@ def run_testbed(
     full_params = testbed.check_params(params)
     agents = check_agents(agents)
     budget = resolve_budget(budget)
-    folder = check_can_write(out)
     theory = testbed.theory(**full_params)
-    existed = folder.exists()
-    with hold_lock(folder, "testbed run"):
-        try:
-            with threads(budget.threads):
-                return _run(testbed, full_params, theory, agents, seed, folder, budget, progress)
-        except BaseException:
-            # Nothing half-written: the folder was absent or empty before (check_can_write).
-            shutil.rmtree(folder, ignore_errors=True)
-            if existed:
-                folder.mkdir(parents=True, exist_ok=True)
-            raise
+    with fresh_folder(out, "testbed run") as folder, threads(budget.threads):
+        return _run(testbed, full_params, theory, agents, seed, folder, budget, progress)
 
 
 def _run(
