@@ -49,7 +49,7 @@ from simagents.envs.base import (
     check_probability,
     decision_summary,
     mirrored_population,
-    one_step_episode,
+    one_step_episodes,
     parse_params,
 )
 
@@ -128,21 +128,10 @@ def demonstrations(
     kind, action, death, block = mirrored_population(
         rng, episodes, (p.stayers, p.fleers), p.undecided_stay, p.accuracy, intervene
     )
-    reward = _reward(action, death, p)
-    env = DeathInDamascusEnv()
-    return [
-        one_step_episode(
-            0,
-            int(action[i]),
-            float(reward[i]),
-            env.observation_space,
-            env.action_space,
-            intervene,
-            "random" if intervene else KINDS[kind[i]],
-            block=int(block[i]),
-        )
-        for i in range(episodes)
-    ]
+    labels = "random" if intervene else [KINDS[k] for k in kind]
+    return one_step_episodes(
+        DeathInDamascusEnv(), action, _reward(action, death, p), intervene, labels, block
+    )
 
 
 def theory(**params: Any) -> Theory:

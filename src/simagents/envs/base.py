@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -257,29 +257,39 @@ def decision_summary(table: Mapping[str, Mapping[str, float]], tie_order: Iterab
 # --------------------------------------------------------------------------- data
 
 
-def one_step_episode(
-    observation: int,
-    action: int,
-    reward: float,
-    observation_space: gym.Space[Any],
-    action_space: gym.Space[Any],
+def one_step_episodes(
+    env: gym.Env[Any, Any],
+    actions: np.ndarray,
+    rewards: np.ndarray,
     intervene: bool,
-    policy: str,
-    block: int = -1,
-) -> Episode:
-    """A one-shot problem's episode: one step, the same observation before and after it."""
-    return episode_from_arrays(
-        observations=np.array([observation, observation]),
-        actions=np.array([action]),
-        rewards=np.array([reward]),
-        terminations=np.array([True]),
-        truncations=np.array([False]),
-        observation_space=observation_space,
-        action_space=action_space,
-        interventions=np.array([intervene]),
-        policy=policy,
-        block=block,
-    )
+    labels: Sequence[str] | str,
+    blocks: np.ndarray,
+    observations: np.ndarray | None = None,
+) -> list[Episode]:
+    """A one-shot problem's episodes, one per action: one step, the same observation before and
+    after it (0, or each episode's from ``observations``), in ``env``'s spaces.
+
+    ``labels``: the policy that chose each action, or one name for all; ``blocks``: each
+    episode's block of interventions (-1 for observational data).
+    """
+    n = len(actions)
+    seen = np.zeros(n, dtype=np.int64) if observations is None else observations
+    names = [labels] * n if isinstance(labels, str) else labels
+    return [
+        episode_from_arrays(
+            observations=np.array([seen[i], seen[i]]),
+            actions=np.array([actions[i]]),
+            rewards=np.array([rewards[i]], dtype=np.float64),
+            terminations=np.array([True]),
+            truncations=np.array([False]),
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            interventions=np.array([intervene]),
+            policy=names[i],
+            block=int(blocks[i]),
+        )
+        for i in range(n)
+    ]
 
 
 def blocked_interventions(episodes: int, n_actions: int) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ from simagents.envs.base import (
     check_probability,
     decision_summary,
     mirrored_population,
-    one_step_episode,
+    one_step_episodes,
     parse_params,
 )
 
@@ -135,21 +135,8 @@ def demonstrations(
     kind, action, prediction, block = mirrored_population(
         rng, episodes, (p.one_boxers, p.two_boxers), p.undecided_one_box, p.accuracy, intervene
     )
-    reward = _reward(action, prediction, p)
-    env = NewcombEnv()
-    return [
-        one_step_episode(
-            0,
-            int(action[i]),
-            float(reward[i]),
-            env.observation_space,
-            env.action_space,
-            intervene,
-            "random" if intervene else TYPES[kind[i]],
-            int(block[i]),
-        )
-        for i in range(episodes)
-    ]
+    labels = "random" if intervene else [TYPES[k] for k in kind]
+    return one_step_episodes(NewcombEnv(), action, _reward(action, prediction, p), intervene, labels, block)
 
 
 def theory(**params: Any) -> Theory:

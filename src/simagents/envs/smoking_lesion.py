@@ -43,7 +43,7 @@ from simagents.envs.base import (
     check_episodes,
     check_probability,
     decision_summary,
-    one_step_episode,
+    one_step_episodes,
     parse_params,
 )
 
@@ -150,22 +150,15 @@ def demonstrations(
     if intervene:
         block, action = blocked_interventions(episodes, 2)
         urge, cancer = urge[block], cancer[block]
-    reward = _reward(action, cancer, p)
-    observation = p.observe(urge)
-    env = SmokingLesionEnv(tickle=p.tickle)
-    return [
-        one_step_episode(
-            int(observation[i]),
-            int(action[i]),
-            float(reward[i]),
-            env.observation_space,
-            env.action_space,
-            intervene,
-            "random" if intervene else "demonstrator",
-            int(block[i]),
-        )
-        for i in range(episodes)
-    ]
+    return one_step_episodes(
+        SmokingLesionEnv(tickle=p.tickle),
+        action,
+        _reward(action, cancer, p),
+        intervene,
+        "random" if intervene else "demonstrator",
+        block,
+        observations=p.observe(urge),
+    )
 
 
 def theory(**params: Any) -> Theory:

@@ -41,7 +41,7 @@ from simagents.envs.base import (
     check_probability,
     decision_summary,
     mirrored_population,
-    one_step_episode,
+    one_step_episodes,
     parse_params,
 )
 
@@ -139,21 +139,8 @@ def demonstrations(
     kind, action, other, block = mirrored_population(
         rng, episodes, (p.cooperators, p.defectors), p.undecided_cooperate, p.fidelity, intervene
     )
-    reward = _payoff(action, other, p)
-    env = TwinPDEnv()
-    return [
-        one_step_episode(
-            0,
-            int(action[i]),
-            float(reward[i]),
-            env.observation_space,
-            env.action_space,
-            intervene,
-            "random" if intervene else TYPES[kind[i]],
-            int(block[i]),
-        )
-        for i in range(episodes)
-    ]
+    labels = "random" if intervene else [TYPES[k] for k in kind]
+    return one_step_episodes(TwinPDEnv(), action, _payoff(action, other, p), intervene, labels, block)
 
 
 def theory(**params: Any) -> Theory:
