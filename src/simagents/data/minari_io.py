@@ -464,16 +464,22 @@ def _episode_lengths(n: int, main_file: Path) -> np.ndarray:
                 lengths[i] = rewards.shape[0] if isinstance(rewards, h5py.Dataset) and rewards.ndim else 0
     except SimagentsError:
         raise
-    except OSError as e:
-        raise SimagentsError(
-            f"{main_file}: cannot read {current} ({e}); the HDF5 file is truncated or corrupt, "
-            "re-create or re-download the dataset"
-        ) from None
-    except Exception as e:  # anything else h5py trips over is a malformed file
-        raise SimagentsError(
-            f"{main_file}: {current} is malformed ({type(e).__name__}: {e}); re-create the dataset"
-        ) from None
+    except Exception as e:
+        raise _unreadable(main_file, current, e) from None
     return lengths
+
+
+def _unreadable(main_file: Path, where: str, error: Exception) -> SimagentsError:
+    """The error for what h5py or minari could not read at ``where`` (an episode, or the file)."""
+    if isinstance(error, OSError):
+        return SimagentsError(
+            f"{main_file}: cannot read {where} ({error}); the HDF5 file is truncated or corrupt, "
+            "re-create or re-download the dataset"
+        )
+    # Anything else they trip over is a malformed file.
+    return SimagentsError(
+        f"{main_file}: {where} is malformed ({type(error).__name__}: {error}); re-create the dataset"
+    )
 
 
 def _read_episodes(
@@ -492,15 +498,8 @@ def _read_episodes(
             yield _to_episode(raw, metas[i], i, main_file, obs_space, act_space, ours)
     except SimagentsError:
         raise
-    except OSError as e:
-        raise SimagentsError(
-            f"{main_file}: cannot read {current} ({e}); the HDF5 file is truncated or corrupt, "
-            "re-create or re-download the dataset"
-        ) from None
-    except Exception as e:  # anything else minari/h5py trips over is a malformed file
-        raise SimagentsError(
-            f"{main_file}: {current} is malformed ({type(e).__name__}: {e}); re-create the dataset"
-        ) from None
+    except Exception as e:
+        raise _unreadable(main_file, current, e) from None
 
 
 def _to_episode(
