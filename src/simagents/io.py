@@ -12,7 +12,9 @@ import fcntl
 import json
 import math
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 import types
 import typing
@@ -50,6 +52,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_run_record(folder: Path, record: Any, name: str = "config.json") -> None:
+    """Start a run folder's record: ``record`` (the resolved settings) as JSON in ``name``, and
+    the command line that made it in ``command.txt``, so that a folder explains itself."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / name, record)
+    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

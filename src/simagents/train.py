@@ -21,9 +21,7 @@ import gc
 import json
 import math
 import os
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -51,6 +49,7 @@ from simagents.io import (
     hold_lock,
     read_json,
     to_dict,
+    write_run_record,
 )
 from simagents.model import (
     LATEST_FILE,
@@ -569,9 +568,7 @@ class TrainerState:
 
 
 def write_run_header(cfg: TrainConfig) -> None:
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg.out / "config.json", to_dict(cfg))
-    atomic_write_text(cfg.out / "command.txt", shlex.join(sys.argv) + "\n")
+    write_run_record(cfg.out, to_dict(cfg))
 
 
 @dataclass

@@ -29,8 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from torch import Tensor
 
 from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, to_dict
+from simagents.io import fresh_folder, to_dict, write_run_record
 from simagents.model import Simulator, as_model_input
 from simagents.threads import threads
 
@@ -340,9 +338,7 @@ def _finetune(
     source: dict[str, Any],
     progress: bool,
 ) -> Simulator:
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / FINETUNE_FILE, {**source, "config": to_dict(cfg)})
-    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    write_run_record(folder, {**source, "config": to_dict(cfg)}, FINETUNE_FILE)
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(simulator).eval()
     reference = copy.deepcopy(simulator).eval()  # the frozen pre-trained policy

@@ -49,8 +49,6 @@ sampling agent drew its moves from (:func:`~simagents.envs.connect_four_metrics.
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -93,7 +91,13 @@ from simagents.envs.connect_four_metrics import (
     population_elo,
 )
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, option_value, to_dict
+from simagents.io import (
+    atomic_write_json,
+    fresh_folder,
+    option_value,
+    to_dict,
+    write_run_record,
+)
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.probes import probe_features, probe_report
 from simagents.threads import threads
@@ -407,7 +411,6 @@ def _run(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     testbed = get_testbed("connect_four")
-    folder.mkdir(parents=True, exist_ok=True)
     config = {
         "testbed": "connect_four",
         "params": params,
@@ -415,8 +418,7 @@ def _run(
         "seed": seed,
         "budget": to_dict(budget),
     }
-    atomic_write_json(folder / "config.json", config)
-    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    write_run_record(folder, config)
     timings: dict[str, float] = {}
 
     tick = time.perf_counter()

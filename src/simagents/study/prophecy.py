@@ -27,8 +27,6 @@ testbed prophecy --param delay=1 --sweep gamma=0,0.5,0.9,0.99 --out DIR``):
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +43,7 @@ from simagents.data.minari_io import save_dataset
 from simagents.envs import get_testbed
 from simagents.envs.prophecy import ProphecyParams, instrumentality_index, optimal_forecasts
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, to_dict
+from simagents.io import atomic_write_json, fresh_folder, to_dict, write_run_record
 from simagents.model import Simulator, SimulatorConfig
 from simagents.threads import threads
 from simagents.train import LossWeights, TrainConfig, train
@@ -212,7 +210,6 @@ def _run(
     start = time.perf_counter()
     testbed = get_testbed("prophecy")
     params = ProphecyParams(**full_params)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {
         "testbed": "prophecy",
         "params": full_params,
@@ -221,8 +218,7 @@ def _run(
         "sweep": {"gamma": gammas} if gammas else {},
         "budget": to_dict(budget),
     }
-    atomic_write_json(folder / "config.json", config)
-    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    write_run_record(folder, config)
     env = testbed.make(**full_params)
     timings: dict[str, float] = {}
 

@@ -14,9 +14,7 @@ import datetime as dt
 import json
 import math
 import multiprocessing
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,7 +32,14 @@ from simagents.data.collect import CollectConfig, collect, make_env
 from simagents.data.minari_io import load_dataset
 from simagents.envs import get_testbed
 from simagents.errors import SimagentsError
-from simagents.io import LOCK_NAME, atomic_write_json, atomic_write_text, hold_lock, read_json, to_dict
+from simagents.io import (
+    LOCK_NAME,
+    atomic_write_json,
+    hold_lock,
+    read_json,
+    to_dict,
+    write_run_record,
+)
 from simagents.model import Simulator, SimulatorConfig
 from simagents.study.connect_four import run_connect_four
 from simagents.study.prophecy import run_prophecy
@@ -385,9 +390,7 @@ def _run_study(
                 f"{folder}/config.json: made with another profile, seed, --seeds or --only; "
                 "resume with the same ones or choose another --out"
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "config.json", config)
-    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    write_run_record(folder, config)
 
     console = Console(stderr=True)
     jobs = [(name, s) for name in names for s in seed_list]

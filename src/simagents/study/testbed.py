@@ -23,8 +23,6 @@ compare the two without knowing the testbed.
 from __future__ import annotations
 
 import math
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,7 +37,7 @@ from simagents.agents import AGENTS, Agent, evaluate, make_agent
 from simagents.data.minari_io import save_dataset
 from simagents.envs import Testbed, get_testbed
 from simagents.errors import SimagentsError
-from simagents.io import atomic_write_json, atomic_write_text, fresh_folder, to_dict
+from simagents.io import atomic_write_json, fresh_folder, to_dict, write_run_record
 from simagents.model import Context, Simulator, SimulatorConfig
 from simagents.threads import threads
 from simagents.train import TrainConfig, train
@@ -303,7 +301,6 @@ def _run(
     progress: bool,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
     config = {
         "testbed": testbed.name,
         "params": full_params,
@@ -311,8 +308,7 @@ def _run(
         "seed": seed,
         "budget": to_dict(budget),
     }
-    atomic_write_json(folder / "config.json", config)
-    atomic_write_text(folder / "command.txt", shlex.join(sys.argv) + "\n")
+    write_run_record(folder, config)
 
     timings: dict[str, float] = {}
     tick = time.perf_counter()
