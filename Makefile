@@ -20,7 +20,8 @@ venv: $(STAMP)
 # The main job on built-in defaults: the study (collect, train, build agents, evaluate, report).
 # --resume: an interrupted run picks up where it stopped; a finished one just rewrites its report.
 # --workers 2: two cells at a time, one torch thread each (the cells are small models, so one
-# thread each uses the two cores better than two threads on one cell: 12.7 min against 20.1).
+# thread each uses the two cores better than two threads on one cell: 12.7 min against 20.1,
+# measured before the Connect Four cell; with it, 25.6 min, see README).
 study: $(STAMP)
 	$(VENV)/bin/simagents study --profile quick --out runs/quick --resume --workers 2
 

@@ -187,6 +187,23 @@ def test_unknown_config_key_and_missing_folder_are_clear_errors(tmp_path: Path):
         Simulator.load(tmp_path / "missing")
 
 
+def test_a_folder_holding_simulators_below_it_names_them(tmp_path: Path):
+    # A testbed's or a study's folder: the simulators are in its subfolders.
+    for cell in ("a", "b", "c", "d"):
+        tiny_model().save(tmp_path / "cells" / cell / "seed0" / "simulator")
+    (tmp_path / "cells" / "a" / "seed0" / "data").mkdir()
+    with pytest.raises(SimagentsError) as error:
+        Simulator.load(tmp_path)
+    below = ", ".join(str(tmp_path / "cells" / c / "seed0" / "simulator") for c in "abc")
+    assert str(error.value) == (
+        f"{tmp_path}: holds no checkpoint itself; the simulators below it: {below} (and 1 more); pass one of them"
+    )
+    Simulator.load(tmp_path / "cells" / "d" / "seed0" / "simulator")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SimagentsError, match=r"empty: holds no checkpoint \(no model.safetensors"):
+        Simulator.load(tmp_path / "empty")
+
+
 def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
     """Label conditioning on, weights large enough that a wrong term would show above 1e-5."""
     torch.manual_seed(7)

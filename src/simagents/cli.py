@@ -172,8 +172,9 @@ def study_command(
     """Run the study: collect data, train simulators, build every agent, evaluate, write a report.
 
     Args:
-        profile: quick (about 10 minutes on 2 cores, one seed), full (three seeds, 95% confidence
-            intervals, bigger control budgets) or smoke (seconds, for tests).
+        profile: quick (one seed; about 26 minutes on 2 cores with --workers 2, most of it the
+            Connect Four cell), full (three seeds, 95% confidence intervals, bigger budgets) or
+            smoke (seconds, for tests).
         out: Run folder (default runs/<date>-<profile>).
         seed: First seed; the study's seeds are seed, seed+1, ...
         resume: Finish an interrupted study in --out, skipping its finished cells.

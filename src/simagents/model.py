@@ -1459,7 +1459,28 @@ def resolve_checkpoint(path: Path) -> Path:
                 f"{latest}: points to a checkpoint that does not exist; the run folder is damaged"
             )
         return path / "checkpoints" / name
+    inside = _simulators_below(path)
+    if inside:
+        more = f" (and {len(inside) - 3} more)" if len(inside) > 3 else ""
+        raise SimagentsError(
+            f"{path}: holds no checkpoint itself; the simulators below it: {', '.join(map(str, inside[:3]))}"
+            f"{more}; pass one of them"
+        )
     raise SimagentsError(
         f"{path}: holds no checkpoint (no {WEIGHTS_FILE}, no checkpoints/{LATEST_FILE}); "
         "train first with `simagents train --out` this folder"
     )
+
+
+def _simulators_below(folder: Path, depth: int = 4) -> list[Path]:
+    """Run or simulator folders up to ``depth`` levels below ``folder`` (a testbed's or a study's
+    folder holds them), without reading the datasets' folders."""
+    if depth == 0 or not folder.is_dir():
+        return []
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("data", "checkpoints")):
+        if (sub / WEIGHTS_FILE).is_file() or (sub / "checkpoints" / LATEST_FILE).is_file():
+            found.append(sub)
+        else:
+            found += _simulators_below(sub, depth - 1)
+    return found
