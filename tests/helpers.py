@@ -37,13 +37,11 @@ def random_episode(
     )
 
 
-def tiny_model(
-    obs_space: gym.Space = BOX_OBS, act_space: gym.Space = DISCRETE_ACT, context_len: int = 4, seed: int = 0
-) -> Simulator:
-    torch.manual_seed(seed)
+def tiny_stats(obs_space: gym.Space, act_space: gym.Space, labels: tuple[str, ...] = ()) -> Statistics:
+    """Fixed data statistics for a model built without data (returns in [-5, 5])."""
     obs_dim = 0 if isinstance(obs_space, gym.spaces.Discrete) else int(np.prod(obs_space.shape))
     act_dim = 0 if isinstance(act_space, gym.spaces.Discrete) else int(np.prod(act_space.shape))
-    stats = Statistics(
+    return Statistics(
         obs_mean=[0.1] * obs_dim,
         obs_std=[0.9] * obs_dim,
         act_low=[-2.0] * act_dim,
@@ -52,8 +50,15 @@ def tiny_model(
         return_high=5.0,
         reward_scale=2.0,
         episode_return_percentiles=np.linspace(-3, 3, 21).tolist(),
+        labels=list(labels),
     )
+
+
+def tiny_model(
+    obs_space: gym.Space = BOX_OBS, act_space: gym.Space = DISCRETE_ACT, context_len: int = 4, seed: int = 0
+) -> Simulator:
+    torch.manual_seed(seed)
     cfg = SimulatorConfig(
         context_len=context_len, n_embd=32, n_layer=2, n_head=2, dropout=0.0, max_timestep=64
     )
-    return Simulator(cfg, obs_space, act_space, stats).eval()
+    return Simulator(cfg, obs_space, act_space, tiny_stats(obs_space, act_space)).eval()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, DISCRETE_OBS, random_episode, tiny_model
+from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, DISCRETE_OBS, random_episode, tiny_model, tiny_stats
 from simagents.data.windows import WindowSampler
 from simagents.errors import SimagentsError
-from simagents.model import Context, Simulator, SimulatorConfig, Statistics, as_model_input
+from simagents.model import Context, Simulator, SimulatorConfig, as_model_input
 
 SPACES = [(BOX_OBS, DISCRETE_ACT), (DISCRETE_OBS, BOX_ACT)]
 IMAGE_OBS = gym.spaces.Box(-5.0, 5.0, (12,), np.float32)  # read as a (3,2,2) image
@@ -207,19 +207,7 @@ def test_a_folder_holding_simulators_below_it_names_them(tmp_path: Path):
 def labelled_model(obs_space, act_space, n_head: int) -> Simulator:
     """Label conditioning on, weights large enough that a wrong term would show above 1e-5."""
     torch.manual_seed(7)
-    obs_dim = 0 if obs_space is DISCRETE_OBS else int(np.prod(obs_space.shape))
-    act_dim = 0 if act_space is DISCRETE_ACT else 2
-    stats = Statistics(
-        obs_mean=[0.1] * obs_dim,
-        obs_std=[0.9] * obs_dim,
-        act_low=[-2.0] * act_dim,
-        act_high=[2.0] * act_dim,
-        return_low=-5.0,
-        return_high=5.0,
-        reward_scale=2.0,
-        episode_return_percentiles=np.linspace(-3, 3, 21).tolist(),
-        labels=["a", "b"],
-    )
+    stats = tiny_stats(obs_space, act_space, labels=("a", "b"))
     cfg = SimulatorConfig(
         context_len=3,
         n_embd=16,
