@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from simagents.errors import SimagentsError
-from simagents.study.report import headline_cell
+from simagents.study.report import fmt, headline_cell
 from simagents.study.run import mean_ci95, run_study
 
 
@@ -59,6 +59,17 @@ def test_several_seeds_give_means_and_confidence_intervals(tmp_path: Path):
     assert stat["n"] == 2 and stat["mean"] == pytest.approx(sum(returns) / 2)
     assert stat["ci95"][0] <= min(returns) + 1e-9 and stat["ci95"][1] >= max(returns) - 1e-9
     assert "Mean and 95% CI over seeds [0, 1]" in (folder / "report.md").read_text()
+
+
+def test_report_numbers_read_as_numbers():
+    assert [fmt(x) for x in (0.1234, 241.9, 1000.0, 31664.2, -957098.0)] == [
+        "0.123",
+        "242",
+        "1,000",
+        "31,664",
+        "-957,098",
+    ]
+    assert fmt(500.0, [480.25, 1999.5]) == "500 [480, 2,000]"
 
 
 def test_mean_ci95_uses_student_t():

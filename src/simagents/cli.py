@@ -283,6 +283,8 @@ def testbed_command(
 
 def format_testbed_results(results: dict[str, Any]) -> str:
     """A compact table of a testbed run: per agent, its choices, returns and the theory's choice."""
+    from simagents.study.report import fmt  # the report's numbers, read the same way
+
     params = ", ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in results["params"].items()
     )
@@ -294,9 +296,9 @@ def format_testbed_results(results: dict[str, Any]) -> str:
             (
                 agent,
                 rates,
-                f"{r['mean_return']:.4g} ± {r['std_return']:.3g}",
+                f"{fmt(r['mean_return'])} ± {fmt(r['std_return'])}",
                 f"{r['mean_steps']:.2f}",
-                "-" if gap is None else f"{gap:+.3g}",
+                "-" if gap is None else ("+" if gap > 0 else "") + fmt(gap),
                 r.get("theory_choice") or "-",
             )
         )

@@ -137,8 +137,11 @@ def agent_value(result: dict[str, Any], agent: str, key: str) -> tuple[float, li
 
 
 def fmt(value: float, ci: list[float] | None = None) -> str:
+    """Three significant figures below 1,000; whole numbers with thousands separators above
+    (``.3g`` alone writes Newcomb's 1,000 as 1e+03)."""
+
     def number(x: float) -> str:
-        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:,.0f}"
+        return f"{x:.3g}" if abs(x) < 1e3 else f"{x:,.0f}"
 
     return number(value) + (f" [{number(ci[0])}, {number(ci[1])}]" if ci else "")
 
