@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium
 import h5py
 import numpy as np
 import pytest
@@ -67,6 +68,24 @@ def test_unknown_key_in_checkpoint_config(tmp_path: Path):
     values["model"]["n_heads"] = 4
     config.write_text(json.dumps(values))
     assert_clean_error(run_cli("info", str(tmp_path / "ckpt")), "n_heads", "config.json")
+
+
+def test_eval_plays_the_env_its_data_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from simagents.study.testbed import run_testbed
+
+    run_testbed("newcomb", {"accuracy": 0.8}, agents=["dt"], out=tmp_path / "tb", budget="smoke")
+    simulator = tmp_path / "tb" / "simulator"
+    checkpoint = next((simulator / "checkpoints").glob("step_*"))
+    for where in (simulator, checkpoint):  # a run folder, or one of its checkpoints
+        assert main(["eval", str(where), "--episodes", "1", "--param", "small=5"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["env"] == "simagents/Newcomb-v0"
+        assert report["env_kwargs"]["accuracy"] == 0.8 and report["env_kwargs"]["small"] == 5
+    cartpole = gymnasium.make("CartPole-v1")
+    tiny_model(cartpole.observation_space, cartpole.action_space).save(tmp_path / "ckpt")  # no data: no env
+    assert main(["eval", str(tmp_path / "ckpt"), "--episodes", "1"]) == 2
+    assert "no dataset of it names its env; pass the env to play in with --env" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "ckpt"), "--env", "CartPole-v1", "--episodes", "1"]) == 0
 
 
 def test_unknown_option_and_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -75,15 +75,60 @@ def parse_pairs(items: tuple[str, ...], flag: str, example: str) -> dict[str, st
     return pairs
 
 
-def parse_options(options: tuple[str, ...]) -> dict[str, Any]:
-    """Agent options; values are read as JSON where they parse (numbers, true, null), else as text."""
-    return {key: option_value(value) for key, value in parse_pairs(options, "--option", "target=450").items()}
+def parse_options(
+    options: tuple[str, ...], flag: str = "--option", example: str = "target=450"
+) -> dict[str, Any]:
+    """Agent options (or env keyword arguments, ``flag`` "--param"); values are read as JSON where
+    they parse (numbers, true, null), else as text."""
+    return {key: option_value(value) for key, value in parse_pairs(options, flag, example).items()}
+
+
+def env_of_run(run: Path) -> tuple[str, dict[str, Any]]:
+    """The env id and keyword arguments that a simulator's training data was collected with, as
+    recorded in its datasets (or, for a fine-tuned one, its ``finetune.json``): --env's default."""
+    from simagents.agents.rl import FINETUNE_FILE
+    from simagents.data.minari_io import stream_dataset
+
+    folder = run.expanduser().absolute()
+    if (folder / FINETUNE_FILE).is_file():
+        source = read_json(folder / FINETUNE_FILE, "fine-tuning record")
+        if isinstance(source.get("env"), str):
+            return source["env"], dict(source.get("env_kwargs") or {})
+    if folder.parent.name == "checkpoints":
+        folder = folder.parent.parent  # a checkpoint folder: its run's record
+    config = read_json(folder / "config.json", "run config") if (folder / "config.json").is_file() else {}
+    envs = set()
+    for ref in config.get("data") or ():
+        try:
+            dataset = stream_dataset(ref)[0]
+        except SimagentsError as e:
+            raise SimagentsError(
+                f"{run}: its dataset {ref} cannot be read to find the env it came from ({e}); "
+                "pass the env with --env ID"
+            ) from None
+        if dataset.env_id:
+            envs.add((dataset.env_id, json.dumps(dataset.env_kwargs, sort_keys=True)))
+    if len(envs) != 1:
+        why = "its datasets name different envs" if envs else "no dataset of it names its env"
+        raise SimagentsError(f"{run}: {why}; pass the env to play in with --env ID (and --param key=value)")
+    env_id, kwargs = envs.pop()
+    return env_id, json.loads(kwargs)
+
+
+def chosen_env(run: Path, env: str | None, param: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """--env and --param as given, or the env of the simulator's data with --param's changes."""
+    params = parse_options(param, "--param", "accuracy=0.6")
+    if env is not None:
+        return env, params
+    env_id, kwargs = env_of_run(run)
+    return env_id, {**kwargs, **params}
 
 
 def eval_command(
     run: tyro.conf.Positional[Path],
     agent: str = "dt",
-    env: str = "CartPole-v1",
+    env: str | None = None,
+    param: tuple[str, ...] = (),
     episodes: int = 20,
     seed: int = 0,
     option: tuple[str, ...] = (),
@@ -95,7 +140,10 @@ def eval_command(
     Args:
         run: Run folder (or checkpoint folder) of a trained simulator.
         agent: Decision procedure: imitation, dt, edt, cdt, or a registered custom one.
-        env: Gymnasium env id (its spaces must match the simulator's).
+        env: Gymnasium env id (its spaces must match the simulator's); default: the env the
+            simulator's data was collected with, and its keyword arguments.
+        param: Env keyword arguments as key=value, e.g. --param accuracy=0.6 (with no --env:
+            changes to the data's env's).
         episodes: Episodes to play; episode i is seeded seed + i.
         seed: First episode's seed.
         option: Agent options as key=value, e.g. target=max, temperature=0.5, candidates=32.
@@ -111,7 +159,8 @@ def eval_command(
     simulator = Simulator.load(run)
     options = parse_options(option)
     decision_procedure = make_agent(agent, simulator, **options)
-    environment = make_env(env)
+    env, env_kwargs = chosen_env(run, env, param)
+    environment = make_env(env, env_kwargs)
     check_env_spaces(simulator.observation_space, simulator.action_space, environment, str(run))
     result = evaluate(
         decision_procedure, environment, episodes, seed, progress=sys.stderr.isatty(), workers=workers
@@ -121,6 +170,7 @@ def eval_command(
         "agent": agent,
         "options": options,
         "env": env,
+        "env_kwargs": env_kwargs,
         "seed": seed,
         **result.summary(),
     }
@@ -134,7 +184,7 @@ def finetune_command(
     run: tyro.conf.Positional[Path],
     config: Annotated[Any, tyro.conf.arg(name="")],
     out: Path,
-    env: str = "CartPole-v1",
+    env: str | None = None,
     param: tuple[str, ...] = (),
 ) -> None:
     """RL fine-tuning (route 4): train a simulator's policy head by policy gradient in an env.
@@ -143,8 +193,10 @@ def finetune_command(
         run: Run folder (or checkpoint folder) of a trained simulator.
         out: Folder for the fine-tuned simulator (must be absent or empty); play it with
             `simagents eval OUT --agent rl`.
-        env: Gymnasium env id (its spaces must match the simulator's).
-        param: Env keyword arguments as key=value, e.g. --param delay=1 horizon=10.
+        env: Gymnasium env id (its spaces must match the simulator's); default: the env the
+            simulator's data was collected with, and its keyword arguments.
+        param: Env keyword arguments as key=value, e.g. --param delay=1 horizon=10 (with no
+            --env: changes to the data's env's).
     """
     from simagents.agents.rl import finetune
     from simagents.data.collect import make_env
@@ -152,7 +204,7 @@ def finetune_command(
     from simagents.model import Simulator
 
     simulator = Simulator.load(run)
-    env_kwargs = parse_options(param)
+    env, env_kwargs = chosen_env(run, env, param)
     environment = make_env(env, env_kwargs)
     check_env_spaces(simulator.observation_space, simulator.action_space, environment, str(run))
     source = {"run": str(run), "env": env, "env_kwargs": env_kwargs}

@@ -204,6 +204,13 @@ def test_cli_finetune_and_play(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert json.loads((out / "finetune.json").read_text())["env_kwargs"] == {"horizon": 2}
     assert main(["eval", str(out), "--agent", "rl", "--env", "simagents/Prophecy-v0", "--episodes", "2"]) == 0
     capsys.readouterr()
+    assert main(["eval", str(out), "--agent", "rl", "--episodes", "1"]) == 0  # the env it was tuned in
+    played = json.loads(capsys.readouterr().out)
+    assert (played["env"], played["env_kwargs"], played["mean_length"]) == (
+        "simagents/Prophecy-v0",
+        {"horizon": 2},
+        2,
+    )
     assert main([*args[:-1], "CartPole-v1", "--out", str(tmp_path / "other")]) == 2
     assert "does not match" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
