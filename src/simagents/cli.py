@@ -92,13 +92,14 @@ def env_of_run(run: Path) -> tuple[str, dict[str, Any]]:
     folder = run.expanduser().absolute()
     if (folder / FINETUNE_FILE).is_file():
         source = read_json(folder / FINETUNE_FILE, "fine-tuning record")
-        if isinstance(source.get("env"), str):
+        if isinstance(source, dict) and isinstance(source.get("env"), str):
             return source["env"], dict(source.get("env_kwargs") or {})
     if folder.parent.name == "checkpoints":
         folder = folder.parent.parent  # a checkpoint folder: its run's record
     config = read_json(folder / "config.json", "run config") if (folder / "config.json").is_file() else {}
+    refs = config.get("data") if isinstance(config, dict) else None
     envs = set()
-    for ref in config.get("data") or ():
+    for ref in refs if isinstance(refs, list) else ():
         try:
             dataset = stream_dataset(ref)[0]
         except SimagentsError as e:
