@@ -567,10 +567,6 @@ class TrainerState:
             raise ValueError(f"step {self.step} is negative; the checkpoint is damaged")
 
 
-def write_run_header(cfg: TrainConfig) -> None:
-    write_run_record(cfg.out, to_dict(cfg))
-
-
 @dataclass
 class DataParallel:
     """This process's share of a step under ``torchrun`` (DistributedDataParallel, gloo); alone: 0 of 1.
@@ -736,7 +732,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParalle
         optimizer = make_optimizer(model, cfg)
     log = None
     if parallel.writer:
-        write_run_header(cfg)
+        write_run_record(cfg.out, to_dict(cfg))
         log = RunLog(cfg.out / "metrics.jsonl", start_step)
     parallel.wrap(model)
 
