@@ -87,7 +87,7 @@ def env_of_run(run: Path) -> tuple[str, dict[str, Any]]:
     """The env id and keyword arguments that a simulator's training data was collected with, as
     recorded in its datasets (or, for a fine-tuned one, its ``finetune.json``): --env's default."""
     from simagents.agents.rl import FINETUNE_FILE
-    from simagents.data.minari_io import stream_dataset
+    from simagents.data.minari_io import dataset_header
 
     folder = run.expanduser().absolute()
     if (folder / FINETUNE_FILE).is_file():
@@ -101,7 +101,7 @@ def env_of_run(run: Path) -> tuple[str, dict[str, Any]]:
     envs = set()
     for ref in refs if isinstance(refs, list) else ():
         try:
-            dataset = stream_dataset(ref)[0]
+            dataset = dataset_header(ref)
         except SimagentsError as e:
             raise SimagentsError(
                 f"{run}: its dataset {ref} cannot be read to find the env it came from ({e}); "

@@ -9,6 +9,7 @@ import torch
 
 from helpers import BOX_ACT, BOX_OBS, DISCRETE_ACT, random_episode
 from simagents.data import flat as flat_module
+from simagents.data import minari_io
 from simagents.data.flat import MANIFEST, FlatEpisodes, prepare_cache
 from simagents.data.minari_io import save_dataset
 from simagents.data.windows import WindowSampler
@@ -74,12 +75,14 @@ def test_memmapped_windows_batches_and_statistics_equal_the_in_memory_ones(tmp_p
     assert streamed.labels == sorted({e.policy for e in chosen})
 
 
-def test_the_cache_is_reused_while_its_source_is_unchanged_and_rebuilt_when_it_changes(tmp_path):
+def test_the_cache_is_reused_while_its_source_is_unchanged_and_rebuilt_when_it_changes(tmp_path, monkeypatch):
     ref = str(make_dataset(tmp_path / "a", 1, DISCRETE_ACT, [-1] * 6))
     cache = tmp_path / "cache"
     _, first = prepare_cache((ref,), cache)
     made = (cache / "observations.npy").stat().st_mtime_ns
-    _, again = prepare_cache((ref,), cache)
+    with monkeypatch.context() as patch:  # a fresh cache is read without scanning the dataset's episodes
+        patch.setattr(minari_io, "_episode_lengths", lambda *_: pytest.fail("scanned the episodes"))
+        _, again = prepare_cache((ref,), cache)
     assert (cache / "observations.npy").stat().st_mtime_ns == made  # reused, not converted again
     np.testing.assert_array_equal(again.observations, first.observations)
 

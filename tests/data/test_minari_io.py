@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from minari.data_collector.episode_buffer import EpisodeBuffer
 
 from simagents.data.episodes import Episode, episode_from_arrays
-from simagents.data.minari_io import Dataset, check_spaces, load_dataset, save_dataset
+from simagents.data.minari_io import (
+    Dataset,
+    check_spaces,
+    dataset_header,
+    load_dataset,
+    save_dataset,
+    stream_dataset,
+)
 from simagents.errors import SimagentsError
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
@@ -110,6 +117,28 @@ def test_round_trip_keeps_arrays_labels_interventions_and_env(tmp_path: Path) ->
     )
     # Nothing left behind beside the dataset.
     assert [p.name for p in tmp_path.iterdir() if p.name != "minari-root"] == ["ds"]
+
+
+def test_the_header_names_the_env_and_spaces_without_reading_the_episodes(tmp_path: Path) -> None:
+    path = save(
+        make_episodes(), tmp_path / "ds", env_id="CartPole-v1", env_kwargs={"sutton_barto_reward": True}
+    )
+    with h5py.File(path / "data" / "main_data.hdf5", "a") as f:
+        del f["episode_1/truncations"]  # the scan of the episodes would refuse the file
+    header = dataset_header(path)
+    assert (header.env_id, header.env_kwargs, header.path, len(header)) == (
+        "CartPole-v1",
+        {"sutton_barto_reward": True},
+        path,
+        0,
+    )
+    assert header.observation_space == OBS and header.action_space == ACT
+    with pytest.raises(SimagentsError, match="missing 'truncations'"):
+        stream_dataset(path)
+    # What the header does check, it checks as the full read does.
+    (path / "data" / "metadata.json").write_text("{")
+    with pytest.raises(SimagentsError, match=r"metadata\.json is not valid JSON"):
+        dataset_header(path)
 
 
 def test_plain_minari_reads_our_datasets(tmp_path: Path, minari_root: Path) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from simagents.data.episodes import Episode
-from simagents.data.minari_io import Dataset, stream_dataset
+from simagents.data.minari_io import Dataset, dataset_header, stream_dataset
 from simagents.errors import SimagentsError
 from simagents.io import LOCK_NAME, atomic_write_json, hold_lock, read_json
 
@@ -137,15 +137,15 @@ def prepare_cache(refs: Sequence[str], folder: Path, build: bool = True) -> tupl
             "train: no dataset given; pass --data PATH (a folder written by `simagents collect`)"
         )
     folder = Path(folder).absolute()
-    streams = [stream_dataset(ref) for ref in refs]
-    first = streams[0][0]
-    for ref, (other, _, _) in zip(refs[1:], streams[1:], strict=True):
+    headers = [dataset_header(ref) for ref in refs]  # a fresh cache needs no scan of the episodes
+    first = headers[0]
+    for ref, other in zip(refs[1:], headers[1:], strict=True):
         if other.observation_space != first.observation_space or other.action_space != first.action_space:
             raise SimagentsError(
                 f"{ref}: spaces {other.observation_space} / {other.action_space} differ from {refs[0]}'s "
                 f"{first.observation_space} / {first.action_space}; mix only datasets of the same env"
             )
-    sources = [_source_fingerprint(dataset.path) for dataset, _, _ in streams]
+    sources = [_source_fingerprint(dataset.path) for dataset in headers]
     flat = _open_cache(folder, sources)
     if flat is None:
         if not build:
@@ -158,7 +158,8 @@ def prepare_cache(refs: Sequence[str], folder: Path, build: bool = True) -> tupl
                 *folder.parent.glob(f".{folder.name}.old-*"),
             ]:
                 shutil.rmtree(stale, ignore_errors=True)
-            _build_cache(folder, sources, [(lengths, episodes) for _, lengths, episodes in streams])
+            streams = [stream_dataset(ref)[1:] for ref in refs]
+            _build_cache(folder, sources, streams)
         flat = _open_cache(folder, sources)
         if flat is None:  # only if the files changed under us while converting
             raise SimagentsError(

@@ -347,6 +347,32 @@ def stream_dataset(ref: str | Path) -> tuple[Dataset, np.ndarray, Iterator[Episo
     int64, and a generator of its episodes, validated like :func:`load_dataset`'s, read lazily
     from the HDF5 file: only the episode being read sits in memory.
     """
+    dataset, mds, ours = _open_dataset(ref)
+    main_file = _main_file(dataset)
+    lengths = _episode_lengths(mds.storage.total_episodes, main_file)
+    if not len(lengths):
+        raise SimagentsError(f"{main_file} holds no episodes; collect data first")
+    return (
+        dataset,
+        lengths,
+        _read_episodes(mds, main_file, dataset.observation_space, dataset.action_space, ours),
+    )
+
+
+def dataset_header(ref: str | Path) -> Dataset:
+    """A dataset's description (spaces, env, path; ``episodes`` empty) from its metadata, without
+    the scan of every episode that :func:`stream_dataset` makes: what a caller needs to name the
+    env or compare spaces reads in the same time however many episodes the file holds."""
+    return _open_dataset(ref)[0]
+
+
+def _main_file(dataset: Dataset) -> Path:
+    assert dataset.path is not None
+    return dataset.path / "data" / "main_data.hdf5"
+
+
+def _open_dataset(ref: str | Path) -> tuple[Dataset, Any, dict[str, Any] | None]:
+    """The dataset's description, minari's handle on it and our metadata entry, all checked."""
     import minari
 
     register_simagents_envs()  # a dataset's env spec may name a simagents/... env
@@ -399,16 +425,11 @@ def stream_dataset(ref: str | Path) -> tuple[Dataset, np.ndarray, Iterator[Episo
             f"{metadata_file}: total_episodes should be a count of episodes, not {total!r}; "
             "fix it or re-create the dataset"
         )
-    lengths = _episode_lengths(total, main_file)
-    if not len(lengths):
-        raise SimagentsError(f"{main_file} holds no episodes; collect data first")
-
     env_id = ours.get("env_id") if ours else None
     env_kwargs = dict(ours.get("env_kwargs") or {}) if ours else {}
     if ours is None and mds.env_spec is not None:
         env_id, env_kwargs = mds.env_spec.id, dict(mds.env_spec.kwargs)
-    dataset = Dataset([], obs_space, act_space, env_id=env_id, env_kwargs=env_kwargs, path=folder)
-    return dataset, lengths, _read_episodes(mds, main_file, obs_space, act_space, ours)
+    return Dataset([], obs_space, act_space, env_id=env_id, env_kwargs=env_kwargs, path=folder), mds, ours
 
 
 def _check_our_metadata(ours: Any, metadata_file: Path) -> None:
