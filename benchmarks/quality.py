@@ -1,8 +1,9 @@
 """Quality beside d3rlpy's discrete Decision Transformer: same CartPole data, same number of updates.
 
 Our side is the product as a user runs it: ``collect`` (mixed-skill CartPole population),
-``train`` with its defaults, then the ``dt`` and ``edt`` agents (``edt`` twice: by its action-value
-head and by Bayes' rule, ``value="bayes"``). d3rlpy's
+``train`` with its defaults, then the ``dt`` and ``edt`` agents (``edt`` three times: by its
+action-value head, by Bayes' rule, ``value="bayes"``, and by a rollout of its world model,
+``horizon=3``). d3rlpy's
 ``DiscreteDecisionTransformer`` gets the same episodes, the same number of updates (each budget
 of :data:`UPDATES`) and batch, context and width (K=20, 128, 3 layers, 1 head), its own
 defaults otherwise, and the same return target (the best episode return in the data). Every
@@ -45,6 +46,8 @@ from simagents.train import LossWeights, TrainConfig, train
 ENV = "CartPole-v1"
 EVAL_SEED = 10_000
 BATCH = 64
+ROLLOUT_HORIZON = 3
+"""Steps ``edt[horizon=...]`` rolls the world model forward from each candidate."""
 UPDATES = (125, 250, 500, 1000)
 """Budgets of updates compared: at 1,000 all three reach CartPole's ceiling (500), so the
 shorter ones are where they can differ."""
@@ -58,6 +61,8 @@ def our_agents(target: float, min_history: int | None = None) -> dict[str, tuple
         "dt": ("dt", {"target": target, "temperature": 1.0, **history}),
         "edt": ("edt", history),  # the action-value head
         "edt_bayes": ("edt", {"value": "bayes", **history}),  # Bayes' rule over the return-prompted policy
+        # A rollout of the world model: predicted rewards of 3 steps, then the value head.
+        "edt_rollout": ("edt", {"horizon": ROLLOUT_HORIZON, **history}),
     }
 
 
@@ -134,7 +139,7 @@ def quality(
     eval_episodes: int | None = None,
     min_history: int | None = None,
 ) -> dict[str, object]:
-    """Returns of the four agents after each number of updates in ``updates`` (default
+    """Returns of the five agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
     learning-rate schedule), with training seeds ``first_seed`` to ``first_seed + seeds - 1``
     (ours and d3rlpy's alike; the data and the played episodes stay the same). ``quick``: 60

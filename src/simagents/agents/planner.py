@@ -61,7 +61,12 @@ Scoring, by ``horizon``:
   continuation is expanded with its W most probable actions (Discrete) or W sampled
   ones (Box), and the W best per candidate by accumulated reward + value are kept.
   The planner's own later actions carry its intervention flag. All candidates and
-  beams run as one batch: one transformer pass per token kind per step.
+  beams run as one batch: one transformer pass per token kind per step. It reads what the
+  world model has learnt of an action's effect, which can come before the action-value head
+  has separated it from the returns' noise: on the quality benchmark's CartPole data (three
+  training seeds, 20 episodes each) ``horizon=3`` scored 499.4 after 250 updates against the
+  head's 287.5, level with it at 500 and 125 (benchmarks/README.md). Each predicted step is
+  three eager passes (18 ms a decision at horizon 3 against 0.2 ms for ``horizon=0``).
 """
 
 from __future__ import annotations
