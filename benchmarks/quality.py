@@ -61,7 +61,7 @@ def our_agents(target: float, min_history: int | None = None) -> dict[str, tuple
         "dt": ("dt", {"target": target, "temperature": 1.0, **history}),
         "edt": ("edt", history),  # the action-value head
         "edt_bayes": ("edt", {"value": "bayes", **history}),  # Bayes' rule over the return-prompted policy
-        # A rollout of the world model: predicted rewards of 3 steps, then the value head.
+        # A rollout of the world model: ROLLOUT_HORIZON steps of predicted rewards, then the value head.
         "edt_rollout": ("edt", {"horizon": ROLLOUT_HORIZON, **history}),
     }
 
