@@ -269,9 +269,9 @@ def testbed_command(
             (or its env id).
         out: Run folder to create (must be absent or empty); results go to OUT/results.json.
         param: Testbed parameters as key=value, e.g. --param accuracy=0.6 big=1e6 (one --param flag).
-        agents: Comma-separated decision procedures to compare (connect_four also takes imitation[NAME],
-            imitation conditioned on player NAME, imitation[labels], one per player, and
-            AGENT[KEY=VALUE], AGENT with one option, e.g. dt[temperature=1]).
+        agents: Comma-separated decision procedures to compare, each AGENT or AGENT[KEY=VALUE,...]
+            with options, e.g. "edt,edt[horizon=3]" (connect_four also takes imitation[NAME],
+            imitation conditioned on player NAME, and imitation[labels], one per player).
         seed: Seed of the data, the training and the evaluation.
         budget: Data, training and evaluation budget: default (minutes; connect_four about 20 min
             at one thread), fast (for tests), smoke (seconds: checks the plumbing, learns nothing), or for
@@ -281,6 +281,7 @@ def testbed_command(
         precision: connect_four only: the simulator's training arithmetic, fp32 or bf16 (the
             forward pass in bfloat16, weights in fp32; faster on CPUs with bfloat16 units).
     """
+    from simagents.agents.base import split_agent_specs
     from simagents.envs import get_testbed
     from simagents.study.testbed import run_testbed
 
@@ -290,7 +291,7 @@ def testbed_command(
     if testbed == "prophecy":  # Box forecasts, retraining and fine-tuning: its own runner
         from simagents.study.prophecy import DEFAULT_AGENTS, format_results, run_prophecy
 
-        chosen = [a.strip() for a in agents.split(",") if a.strip()]
+        chosen = split_agent_specs(agents)
         if agents == "imitation,dt,edt,cdt":  # the one-shot testbeds' default: use prophecy's own
             chosen = list(DEFAULT_AGENTS)
         results = run_prophecy(
@@ -312,7 +313,7 @@ def testbed_command(
 
         from simagents.study import connect_four
 
-        chosen = [a.strip() for a in agents.split(",") if a.strip()]
+        chosen = split_agent_specs(agents)
         results = connect_four.run_connect_four(
             parse_pairs(param, "--param", "opponent_depth=2"),
             out=out,
@@ -326,7 +327,7 @@ def testbed_command(
         return
 
     params = parse_pairs(param, "--param", "accuracy=0.6")  # the testbed converts and checks the values
-    names = [a.strip() for a in agents.split(",") if a.strip()]
+    names = split_agent_specs(agents)
     results = run_testbed(
         name, params, agents=names, seed=seed, out=out, budget=budget, progress=sys.stderr.isatty()
     )
@@ -338,9 +339,12 @@ def format_testbed_results(results: dict[str, Any]) -> str:
     """A compact table of a testbed run: per agent, its choices, returns and the theory's choice."""
     from simagents.study.report import fmt  # the report's numbers, read the same way
 
-    params = ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in results["params"].items()
-    )
+    def exact(value: Any) -> str:  # a parameter as given: Newcomb's big=1e6 as 1,000,000, not 1e+06
+        if isinstance(value, float) and value.is_integer() and abs(value) >= 1e3:
+            return f"{value:,.0f}"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    params = ", ".join(f"{k}={exact(v)}" for k, v in results["params"].items())
     rows = [("agent", "choice rates", "mean return", "steps", "delusion gap", "theory")]
     for agent, r in results["agents"].items():
         rates = " ".join(f"{choice} {rate:.2f}" for choice, rate in r["choice_rates"].items())

@@ -409,3 +409,16 @@ def test_act_runs_without_autograd_and_gives_the_callers_grad_mode_back():
                 agent.act(np.zeros(3, np.float32), 0.0)
             assert torch.is_grad_enabled() is grad  # restored after the error too
         assert seen == [False, False] and BOX_ACT.contains(action)
+
+
+def test_agent_specs_parse_options_and_keep_bracketed_commas():
+    from simagents.agents.base import parse_agent_spec, split_agent_specs
+
+    assert split_agent_specs(" dt, edt[horizon=3,beam=2] ,,cdt") == ["dt", "edt[horizon=3,beam=2]", "cdt"]
+    assert parse_agent_spec("edt") == ("edt", {})
+    assert parse_agent_spec("edt[horizon=3, value=bayes]") == ("edt", {"horizon": 3, "value": "bayes"})
+    assert parse_agent_spec("dt[target=max,temperature=0.5]") == ("dt", {"target": "max", "temperature": 0.5})
+    with pytest.raises(SimagentsError, match="has no option"):
+        parse_agent_spec("dt[horizon=3]")  # an edt option, not dt's
+    with pytest.raises(SimagentsError, match="not registered"):
+        parse_agent_spec("oracle[horizon=3]")

@@ -117,7 +117,8 @@ def test_the_budget_sets_the_simulators_training(tmp_path: Path) -> None:
     ("agents", "message"),
     [
         (["imitation[grandmaster]"], "no player 'grandmaster'"),
-        (["dt[club]"], "only imitation takes a player label"),
+        (["dt[club]"], "options go as dt\\[KEY=VALUE"),
+        (["dt[temprature=1]"], "has no option"),
         (["oracle"], "unknown agent"),
         (["oracle[value=bayes]"], "unknown agent"),
     ],

@@ -47,6 +47,21 @@ def test_cli_prophecy_and_bad_sweeps(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "prophecy testbed only" in capsys.readouterr().err
 
 
+def test_agent_options_reach_the_planner_and_rl_stays_plain(tmp_path: Path) -> None:
+    # levels=1 reaches the planner, which refuses it (a grid needs two ends); the run is undone.
+    with pytest.raises(SimagentsError, match="levels must be 0"):
+        run_prophecy({"horizon": 3}, agents=("edt[levels=1]",), out=tmp_path / "a", budget="smoke")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(SimagentsError, match="give it as plain rl"):
+        run_prophecy({"horizon": 3}, agents=("rl[temperature=0]",), out=tmp_path / "b", budget="smoke")
+    assert not (tmp_path / "b").exists()
+    results = run_prophecy(
+        {"horizon": 3}, agents=("edt", "edt[levels=2]"), out=tmp_path / "c", budget="smoke"
+    )
+    assert list(results["agents"]) == ["edt", "edt[levels=2]"]
+    assert "theory_index" in results["agents"]["edt[levels=2]"]
+
+
 def test_parse_sweep() -> None:
     assert parse_sweep({"gamma": "0, 0.5,0.99"}) == {"gamma": [0.0, 0.5, 0.99]}
     for bad in ({"gamma": "x"}, {"gamma": "1.5"}, {"gamma": ""}):

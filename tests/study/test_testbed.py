@@ -80,6 +80,40 @@ def test_cli_writes_data_simulator_and_results(tmp_path: Path, capsys: pytest.Ca
     assert (out / "simulator" / "checkpoints").is_dir() and (out / "config.json").is_file()
 
 
+def test_agents_take_options_in_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "run"
+    agents = "dt[target=123],dt[target=456,temperature=0],edt[horizon=1]"
+    argv = ["testbed", "newcomb", "--param", "big=1e6", "--agents", agents, "--budget", "smoke"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "big=1,000,000" in printed and "1e+06" not in printed
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["agents"]) == ["dt[target=123]", "dt[target=456,temperature=0]", "edt[horizon=1]"]
+    assert results["agents"]["dt[target=123]"]["prompted_return"] == 123
+    assert results["agents"]["dt[target=456,temperature=0]"]["prompted_return"] == 456
+    # An agent with options answers to its planner's theory.
+    assert results["agents"]["edt[horizon=1]"]["theory_choice"] == results["theory"]["edt"]["choice"]
+
+
+@pytest.mark.parametrize(
+    ("agents", "message"),
+    [
+        ("edt[hrizon=3]", "agent 'edt' has no option(s) hrizon; its options are: "),
+        ("edt[horizon]", "options go as edt[KEY=VALUE,...]"),
+        ("edt[horizon=3", "options go as NAME[KEY=VALUE,...]"),
+        ("edt,edt", "each agent once"),
+    ],
+)
+def test_bad_agent_options_fail_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], agents: str, message: str
+):
+    out = tmp_path / "run"
+    assert main(["testbed", "newcomb", "--agents", agents, "--budget", "smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_bad_param_lists_valid_names_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "run"
     assert main(["testbed", "newcomb", "--param", "acuracy=0.3", "--out", str(out)]) == 2

@@ -9,7 +9,7 @@ then a return token and an action chosen by the procedure.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from simagents.errors import SimagentsError
+from simagents.io import option_value
 from simagents.model import Context, Simulator
 
 
@@ -258,6 +259,19 @@ def register_agent(name: str) -> Callable[[AgentFactory], AgentFactory]:
     return add
 
 
+def check_agent_options(name: str, options: Collection[str]) -> None:
+    """Refuse an unregistered agent ``name`` or an option its factory does not take."""
+    if name not in AGENTS:
+        raise SimagentsError(f"agent {name!r} is not registered; choose one of: {', '.join(sorted(AGENTS))}")
+    accepted = inspect.signature(AGENTS[name]).parameters
+    unknown = sorted(set(options) - set(accepted) - {"simulator"})
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        valid = [p for p in accepted if p != "simulator"]
+        raise SimagentsError(
+            f"agent {name!r} has no option(s) {', '.join(unknown)}; its options are: {', '.join(valid) or 'none'}"
+        )
+
+
 def make_agent(name: str, simulator: Simulator, **options: Any) -> Agent:
     """Wrap ``simulator`` in the decision procedure ``name`` (see ``AGENTS`` for the names).
 
@@ -271,17 +285,46 @@ def make_agent(name: str, simulator: Simulator, **options: Any) -> Agent:
     >>> len(result.returns)
     2
     """
-    if name not in AGENTS:
-        raise SimagentsError(f"agent {name!r} is not registered; choose one of: {', '.join(sorted(AGENTS))}")
-    factory = AGENTS[name]
-    accepted = inspect.signature(factory).parameters
-    unknown = sorted(set(options) - set(accepted) - {"simulator"})
-    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        valid = [p for p in accepted if p != "simulator"]
-        raise SimagentsError(
-            f"agent {name!r} has no option(s) {', '.join(unknown)}; its options are: {', '.join(valid) or 'none'}"
-        )
+    check_agent_options(name, options)
     try:
-        return factory(simulator, **options)
+        return AGENTS[name](simulator, **options)
     except (TypeError, ValueError) as exc:
         raise SimagentsError(f"agent {name!r}: {exc}") from None
+
+
+def parse_agent_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """An agent as the command line and the testbeds name it: ``NAME`` or ``NAME[KEY=VALUE,...]``.
+
+    Returns the registered name and its options (values read as JSON where they parse), checked
+    against the registry, so that a typo fails before any training:
+
+    >>> parse_agent_spec("edt[horizon=3,value=bayes]")
+    ('edt', {'horizon': 3, 'value': 'bayes'})
+    """
+    name, options = spec.strip(), {}
+    if name.endswith("]") and "[" in name:
+        name, inside = name[:-1].split("[", 1)
+        for pair in inside.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise SimagentsError(
+                    f"agent {spec!r}: options go as {name}[KEY=VALUE,...], e.g. edt[horizon=3]; got {pair!r}"
+                )
+            options[key.strip()] = option_value(value.strip())
+    elif "[" in name or "]" in name:
+        raise SimagentsError(f"agent {spec!r}: options go as NAME[KEY=VALUE,...], e.g. edt[horizon=3]")
+    check_agent_options(name, options)
+    return name, options
+
+
+def split_agent_specs(text: str) -> list[str]:
+    """A comma-separated list of agents, commas inside an agent's brackets kept:
+    ``"dt,edt[horizon=3,beam=2]"`` -> ``["dt", "edt[horizon=3,beam=2]"]``."""
+    specs, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            specs.append(text[start:i].strip())
+            start = i + 1
+    specs.append(text[start:].strip())  # unbalanced brackets stay in one spec, for its check to name
+    return [spec for spec in specs if spec]

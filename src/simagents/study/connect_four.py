@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from simagents.agents import Agent, make_agent
-from simagents.agents.base import label_shares
+from simagents.agents.base import label_shares, parse_agent_spec
 from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
 from simagents.data.minari_io import save_dataset
@@ -94,7 +94,6 @@ from simagents.errors import SimagentsError
 from simagents.io import (
     atomic_write_json,
     fresh_folder,
-    option_value,
     to_dict,
     write_run_record,
 )
@@ -316,24 +315,17 @@ def resolve_budget(budget: ConnectFourBudget | str) -> ConnectFourBudget:
 
 def expand_agents(agents: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
     """``(entry name, registered agent, options)`` per agent; ``imitation[NAME]`` conditions
-    imitation on player NAME, ``imitation[labels]`` on each player in turn; ``AGENT[KEY=VALUE]``
-    builds AGENT with that option (``edt[value=bayes]``)."""
+    imitation on player NAME, ``imitation[labels]`` on each player in turn; ``AGENT[KEY=VALUE,...]``
+    builds AGENT with those options (``edt[value=bayes]``), as every testbed does."""
     from simagents.study.testbed import check_agents  # one agent check for every testbed
 
     out: list[tuple[str, str, dict[str, Any]]] = []
     for name in agents:
-        if not (name.endswith("]") and "[" in name):
+        base, _, inside = name.strip().removesuffix("]").partition("[")
+        if base != "imitation" or not inside or "=" in inside:
             check_agents([name])
-            out.append((name, name, {}))
+            out.append((name, *parse_agent_spec(name)))
             continue
-        base, inside = name[:-1].split("[", 1)
-        if "=" in inside:  # AGENT[KEY=VALUE]: one option
-            key, value = inside.split("=", 1)
-            check_agents([base])
-            out.append((name, base, {key: option_value(value)}))
-            continue
-        if base != "imitation":
-            raise SimagentsError(f"agent {name!r}: only imitation takes a player label, as imitation[NAME]")
         labels = list(POPULATION) if inside == "labels" else [inside]
         unknown = [x for x in labels if x not in POPULATION]
         if unknown:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from simagents.agents import make_agent
+from simagents.agents.base import parse_agent_spec
 from simagents.agents.myopic import record_episodes, repeated_risk_minimisation
 from simagents.agents.rl import FinetuneConfig, finetune
 from simagents.data.episodes import Episode
@@ -192,6 +193,12 @@ def run_prophecy(
     testbed = get_testbed("prophecy")
     full_params = testbed.check_params(params)
     agents = check_agents(agents)
+    tuned = [a for a in agents if a != "rl" and parse_agent_spec(a)[0] == "rl"]
+    if tuned:
+        raise SimagentsError(
+            f"agent {tuned[0]!r}: prophecy fine-tunes rl itself, once per discount (budget.rl); "
+            "give it as plain rl"
+        )
     sweeps = parse_sweep(sweep)
     budget = resolve_budget(budget)
     with fresh_folder(out, "testbed run") as folder, threads(budget.threads):
@@ -284,9 +291,10 @@ def _run(
     fixed = {}  # agents that do not depend on the discount
     for agent_name in agents:
         tick = time.perf_counter()
-        if agent_name == "rl":
+        base, options = parse_agent_spec(agent_name)
+        if base == "rl":
             continue
-        if agent_name == "myopic":
+        if base == "myopic":
             rrm_train = replace(
                 train_cfg,
                 steps=budget.rrm_steps,
@@ -303,15 +311,15 @@ def _run(
                 seed=seed,
                 measure=lambda episodes: summarise(params, episodes),
             )
-            entry = play("myopic", final)
+            entry = play("myopic", final, **options)
             entry["rounds"] = rounds
             entry["theory_index"] = theory["myopic"]["instrumentality_index"]
-        elif agent_name in ("edt", "cdt"):
-            entry = play(agent_name, simulator, levels=budget.levels)
-            if agent_name == "edt" and theory["edt"] is not None:
+        elif base in ("edt", "cdt"):
+            entry = play(base, simulator, **{"levels": budget.levels, **options})
+            if base == "edt" and theory["edt"] is not None:
                 entry["theory_index"] = theory["edt"]["instrumentality_index"]
         else:
-            entry = play(agent_name, simulator)
+            entry = play(base, simulator, **options)
         fixed[agent_name] = entry
         timings[f"{agent_name}_s"] = time.perf_counter() - tick
 

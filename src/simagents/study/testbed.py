@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from simagents.agents import AGENTS, Agent, evaluate, make_agent
+from simagents.agents.base import parse_agent_spec
 from simagents.data.minari_io import save_dataset
 from simagents.envs import Testbed, get_testbed
 from simagents.errors import SimagentsError
@@ -110,16 +111,27 @@ def resolve_budget(budget: TestbedBudget | str) -> TestbedBudget:
 
 
 def check_agents(agents: Sequence[str]) -> tuple[str, ...]:
-    """The agent names, checked against the registry before anything is written."""
+    """The agents (``NAME`` or ``NAME[KEY=VALUE,...]``), checked against the registry and its
+    options before anything is written."""
     names = tuple(agents)
     if not names:
         raise SimagentsError("no agents given; pass e.g. --agents imitation,dt,edt,cdt")
-    unknown = [a for a in names if a not in AGENTS]
+    unknown = [a for a in names if parse_base_name(a) not in AGENTS]
     if unknown:
         raise SimagentsError(
             f"unknown agent(s) {', '.join(unknown)}; choose from: {', '.join(sorted(AGENTS))}"
+            " (options as NAME[KEY=VALUE,...], e.g. edt[horizon=3])"
         )
+    for name in names:
+        parse_agent_spec(name)
+    if len(set(names)) < len(names):
+        raise SimagentsError(f"agents {', '.join(names)}: each agent once")
     return names
+
+
+def parse_base_name(spec: str) -> str:
+    """``edt[horizon=3]`` -> ``edt``: the registered agent a spec builds, whose theory applies."""
+    return spec.split("[", 1)[0].strip()
 
 
 # --------------------------------------------------------------------------- data
@@ -347,10 +359,10 @@ def _run(
     env = testbed.make(**full_params)
     results_per_agent = {}
     for agent_name in agents:
-        summary = evaluate_agent(
-            make_agent(agent_name, simulator), env, testbed.action_names, budget.eval_episodes, 10_000 + seed
-        )
-        expected = theory.get(agent_name)
+        base, options = parse_agent_spec(agent_name)
+        agent = make_agent(base, simulator, **options)
+        summary = evaluate_agent(agent, env, testbed.action_names, budget.eval_episodes, 10_000 + seed)
+        expected = theory.get(base)
         summary["theory_choice"] = expected.get("choice") if isinstance(expected, dict) else None
         results_per_agent[agent_name] = summary
     env.close()
