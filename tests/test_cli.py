@@ -96,6 +96,62 @@ def test_unknown_option_and_agent(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "targett" in capsys.readouterr().err
 
 
+def test_a_negative_seed_or_no_episodes_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    cartpole = gymnasium.make("CartPole-v1")
+    tiny_model(cartpole.observation_space, cartpole.action_space).save(tmp_path / "ckpt")
+    evaluation = ["eval", str(tmp_path / "ckpt"), "--env", "CartPole-v1"]
+    refused = {
+        "collect: seed must be a whole number, 0 or more, got -1": [
+            "collect",
+            "--env",
+            "CartPole-v1",
+            "--episodes",
+            "2",
+            "--seed",
+            "-1",
+            "--out",
+            str(tmp_path / "data"),
+        ],
+        "evaluate: seed must be a whole number, 0 or more, got -1": [*evaluation, "--seed", "-1"],
+        "--episodes 0: must be at least 1": [*evaluation, "--episodes", "0"],
+        "finetune: seed must be a whole number": [
+            "finetune",
+            str(tmp_path / "ckpt"),
+            "--env",
+            "CartPole-v1",
+            "--seed",
+            "-1",
+            "--out",
+            str(tmp_path / "rl"),
+        ],
+        "testbed newcomb: seed must be": ["testbed", "newcomb", "--seed", "-1", "--out", str(tmp_path / "a")],
+        "testbed prophecy: seed must be": [
+            "testbed",
+            "prophecy",
+            "--seed",
+            "-1",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        "testbed connect_four: seed must be": [
+            "testbed",
+            "connect_four",
+            "--seed",
+            "-1",
+            "--out",
+            str(tmp_path / "c"),
+        ],
+        "study: seed must be": ["study", "--seed", "-1", "--out", str(tmp_path / "study")],
+    }
+    for message, argv in refused.items():
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing else written
+
+
 def test_unknown_flag_is_a_usage_error(tmp_path: Path):
     result = run_cli("train", "--data", "x", "--out", str(tmp_path / "run"), "--model.n-embed", "3")
     assert result.returncode == 2 and "Traceback" not in result.stderr

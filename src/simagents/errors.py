@@ -21,3 +21,9 @@ class SimagentsError(Exception):
     ...     print("no/such/dataset" in str(error))
     True
     """
+
+
+def check_seed(seed: int, where: str) -> None:
+    """Refuse a seed numpy's and gymnasium's generators cannot take: they need a whole number, 0 or more."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SimagentsError(f"{where}: seed must be a whole number, 0 or more, got {seed!r}")

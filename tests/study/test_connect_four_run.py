@@ -119,6 +119,7 @@ def test_the_budget_sets_the_simulators_training(tmp_path: Path) -> None:
         (["imitation[grandmaster]"], "no player 'grandmaster'"),
         (["dt[club]"], "options go as dt\\[KEY=VALUE"),
         (["dt[temprature=1]"], "has no option"),
+        (["imitation[expert"], "options go as NAME\\[KEY=VALUE"),
         (["oracle"], "unknown agent"),
         (["oracle[value=bayes]"], "unknown agent"),
     ],

@@ -13,7 +13,7 @@ import numpy as np
 from rich.progress import Progress, TaskID
 
 from simagents.agents.base import Agent
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.threads import set_threads
 
 
@@ -60,6 +60,9 @@ def evaluate(
     """
     if workers < 1:
         raise SimagentsError(f"--workers {workers}: must be at least 1")
+    if episodes < 1:
+        raise SimagentsError(f"--episodes {episodes}: must be at least 1 (episodes to play)")
+    check_seed(seed, "evaluate")
     result = Evaluation([], [])
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluate", total=episodes)

@@ -41,7 +41,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from simagents.agents.base import SimulatorAgent, check_temperature, register_agent
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.io import fresh_folder, to_dict, write_run_record
 from simagents.model import Simulator, as_model_input
 from simagents.threads import threads
@@ -96,6 +96,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Raise :class:`SimagentsError` naming the first bad field."""
+        check_seed(self.seed, "finetune")
         positive = {"iterations": self.iterations, "episodes": self.episodes, "epochs": self.epochs}
         for name, value in positive.items():
             if value < 1:

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from simagents.data.episodes import Episode, episode_from_arrays, space_shape
 from simagents.data.minari_io import dataset_lock, register_simagents_envs, save_dataset
 from simagents.data.policies import make_policy, parse_population
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.io import check_can_write
 
 
@@ -80,6 +80,7 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
 def _check_config(cfg: CollectConfig) -> None:
     if cfg.episodes < 1:
         raise SimagentsError(f"episodes must be at least 1, got {cfg.episodes}")
+    check_seed(cfg.seed, "collect")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise SimagentsError(f"max_steps must be at least 1 (or None), got {cfg.max_steps}")
 

@@ -90,7 +90,7 @@ from simagents.envs.connect_four_metrics import (
     policy_fidelity,
     population_elo,
 )
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.io import (
     atomic_write_json,
     fresh_folder,
@@ -322,7 +322,7 @@ def expand_agents(agents: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]
     out: list[tuple[str, str, dict[str, Any]]] = []
     for name in agents:
         base, _, inside = name.strip().removesuffix("]").partition("[")
-        if base != "imitation" or not inside or "=" in inside:
+        if base != "imitation" or not name.strip().endswith("]") or not inside or "=" in inside:
             check_agents([name])
             out.append((name, *parse_agent_spec(name)))
             continue
@@ -351,6 +351,7 @@ def run_connect_four(
     testbed = get_testbed("connect_four")
     full_params = testbed.check_params(params)
     entries = expand_agents(agents)
+    check_seed(seed, "testbed connect_four")
     budget = resolve_budget(budget)
     with fresh_folder(out, "testbed run") as folder, threads(budget.threads):
         return _run(full_params, entries, seed, folder, budget, progress)

@@ -43,7 +43,7 @@ from simagents.data.episodes import Episode
 from simagents.data.minari_io import save_dataset
 from simagents.envs import get_testbed
 from simagents.envs.prophecy import ProphecyParams, instrumentality_index, optimal_forecasts
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.io import atomic_write_json, fresh_folder, to_dict, write_run_record
 from simagents.model import Simulator, SimulatorConfig
 from simagents.threads import threads
@@ -193,6 +193,7 @@ def run_prophecy(
     testbed = get_testbed("prophecy")
     full_params = testbed.check_params(params)
     agents = check_agents(agents)
+    check_seed(seed, "testbed prophecy")
     tuned = [a for a in agents if a != "rl" and parse_agent_spec(a)[0] == "rl"]
     if tuned:
         raise SimagentsError(

@@ -31,7 +31,7 @@ from simagents.agents.dt import DecisionTransformerAgent
 from simagents.data.collect import CollectConfig, collect, make_env
 from simagents.data.minari_io import load_dataset
 from simagents.envs import get_testbed
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.io import (
     LOCK_NAME,
     atomic_write_json,
@@ -360,6 +360,7 @@ def run_study(
     n_seeds = budget.seeds if seeds is None else seeds
     if n_seeds < 1:
         raise SimagentsError(f"--seeds {n_seeds}: need at least one seed")
+    check_seed(seed, "study")
     if workers < 1:
         raise SimagentsError(f"--workers {workers}: must be at least 1")
     names = select_cells(only)

@@ -37,7 +37,7 @@ from simagents.agents import AGENTS, Agent, evaluate, make_agent
 from simagents.agents.base import parse_agent_spec
 from simagents.data.minari_io import save_dataset
 from simagents.envs import Testbed, get_testbed
-from simagents.errors import SimagentsError
+from simagents.errors import SimagentsError, check_seed
 from simagents.io import atomic_write_json, fresh_folder, to_dict, write_run_record
 from simagents.model import Context, Simulator, SimulatorConfig
 from simagents.threads import threads
@@ -296,6 +296,7 @@ def run_testbed(
     testbed = get_testbed(name)
     full_params = testbed.check_params(params)
     agents = check_agents(agents)
+    check_seed(seed, f"testbed {testbed.name}")
     budget = resolve_budget(budget)
     theory = testbed.theory(**full_params)
     with fresh_folder(out, "testbed run") as folder, threads(budget.threads):
