@@ -75,6 +75,25 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing_folder(
         train(tiny_config(cartpole_data, run, lr=1.0), resume=True, progress=False)
 
 
+def test_a_folder_holding_other_results_is_refused_untouched(cartpole_data: Path, tmp_path: Path):
+    folder = tmp_path / "testbed_run"  # another command's run: its own config.json beside its results
+    folder.mkdir()
+    (folder / "config.json").write_text('{"testbed": "newcomb"}')
+    (folder / "results.json").write_text("{}")
+    for resume in (False, True):
+        with pytest.raises(SimagentsError, match=r"holds results\.json, which no training run writes"):
+            train(tiny_config(cartpole_data, folder), resume=resume, progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "results.json"]
+    assert (folder / "config.json").read_text() == '{"testbed": "newcomb"}'
+    # A run killed before its first checkpoint holds only what training writes: it restarts there.
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / ".config.json.abc.tmp").write_text("")
+    train(tiny_config(cartpole_data, run), progress=False)
+    assert (run / "checkpoints").is_dir()
+
+
 def test_checkpoint_has_config_statistics_and_metrics(cartpole_data: Path, tmp_path: Path):
     run = train(tiny_config(cartpole_data, tmp_path / "run"), progress=False)
     model = Simulator.load(run)

@@ -680,10 +680,33 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     True
     """
     cfg.check()
+    check_run_folder(cfg.out)  # before any process of a parallel run can write there
     with data_parallel(cfg) as parallel:
         lock = hold_lock(cfg.out, "training run") if parallel.writer else nullcontext()
         with lock, threads(cfg.threads):
             return _train(cfg, resume, progress and parallel.writer, parallel)
+
+
+RUN_FOLDER_ENTRIES = frozenset({"config.json", "command.txt", "metrics.jsonl", "checkpoints", CACHE_DIR})
+"""What a training run writes in its folder (besides hidden lock and temporary files)."""
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse an ``out`` that holds anything a training run does not write itself (another
+    command's results, a dataset): training would overwrite its config.json and command.txt."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SimagentsError(f"--out {out}: is a file, not a folder; choose another --out")
+    foreign = sorted(
+        p.name
+        for p in (out.iterdir() if out.is_dir() else ())
+        if p.name not in RUN_FOLDER_ENTRIES and not p.name.startswith(".")
+    )
+    if foreign:
+        raise SimagentsError(
+            f"--out {out}: holds {', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}, which "
+            "no training run writes; training there would overwrite its config.json. Choose another --out"
+        )
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool, parallel: DataParallel) -> Path:
