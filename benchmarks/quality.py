@@ -138,6 +138,7 @@ def quality(
     with_d3rlpy: bool = True,
     eval_episodes: int | None = None,
     min_history: int | None = None,
+    observation_target: str | None = None,
 ) -> dict[str, object]:
     """Returns of the five agents after each number of updates in ``updates`` (default
     :data:`UPDATES`), every one trained afresh for that many (so each gets its whole
@@ -149,13 +150,16 @@ def quality(
     settings in a third of the time. ``eval_episodes``: episodes each agent plays per training
     seed (default 20, 3 with ``quick``); the first 20 are the default's. ``min_history``: our
     agents' (see :class:`~simagents.agents.SimulatorAgent`; default half the context, 19 acts on
-    the last 20 steps as d3rlpy's does)."""
+    the last 20 steps as d3rlpy's does). ``observation_target``: our world model's
+    (:attr:`~simagents.model.SimulatorConfig.observation_target`; default its default)."""
     loss = loss or LossWeights()
     training_seeds = range(first_seed, first_seed + seeds)
     episodes = 60 if quick else 300
     eval_episodes = eval_episodes or (3 if quick else 20)
     updates = updates or ((50, 100) if quick else UPDATES)
     model = SimulatorConfig()  # K=20, 128 wide, 3 layers, 1 head
+    if observation_target is not None:
+        model = dataclasses.replace(model, observation_target=observation_target)
     env = gym.make(ENV)
     by_updates: dict[str, dict[str, dict[str, object]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,6 +205,7 @@ def quality(
         "training_seeds": list(training_seeds),
         "loss_weights": dataclasses.asdict(loss),
         "min_history": min_history,
+        "observation_target": model.observation_target,
         "returns_by_updates": by_updates,
     }
 
@@ -267,6 +272,12 @@ def main() -> None:
         help="the fewest past steps our agents' contexts keep (default half the context; 19: the last 20)",
     )
     parser.add_argument(
+        "--observation-target",
+        choices=("next", "change"),
+        default=None,
+        help="what our world model learns for the next observation (default the simulator's default)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -286,6 +297,7 @@ def main() -> None:
         with_d3rlpy=not args.no_d3rlpy,
         eval_episodes=args.episodes,
         min_history=args.min_history,
+        observation_target=args.observation_target,
     )
     result["seconds"] = round(time.perf_counter() - started)
     out = args.out or result_path(datetime.datetime.now(datetime.UTC), "-quality")

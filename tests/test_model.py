@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,6 +166,47 @@ def test_loss_is_finite_and_masks_interventions():
         before = model.loss(batch)["action"]
         after = model.loss(changed)["action"]
         assert (not torch.isclose(before, after)) == should_change
+
+
+@pytest.mark.parametrize("target", ["change", "next"])
+def test_the_world_model_learns_the_observations_change_or_the_next_one(tmp_path: Path, target: str):
+    model = tiny_model()
+    model = Simulator(replace(model.cfg, observation_target=target), BOX_OBS, DISCRETE_ACT, model.stats)
+    episode = random_episode(np.random.default_rng(6), 6, BOX_OBS, DISCRETE_ACT)
+    windows = WindowSampler([episode], 4).windows(np.array([0]), np.array([0]))
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in windows.items()}
+    batch["return_known"] = torch.tensor([False])
+    with torch.no_grad():  # a head that outputs 0: "change" then predicts o_t itself, "next" the mean
+        model.next_obs_head.weight.zero_()
+        model.next_obs_head.bias.zero_()
+    now = model.normalize_observation(batch["observations"])
+    after = model.normalize_observation(batch["next_observations"])
+    prediction = now if target == "change" else torch.zeros_like(now)
+    expected = ((prediction - after) ** 2).mean(-1).mean()  # the window is full: no padding
+    assert torch.isclose(model.loss(batch, heads=["observation"])["observation"], expected)
+    # A rollout predicts the same: from the history's last observation, then from its own predictions.
+    context = Context(model)
+    context.push_observation(episode.observations[0])
+    context.push_return(None)
+    rollout = context.fork(1, extra_tokens=2)
+    rollout.push_actions(torch.tensor([0]), False)
+    predicted = rollout.predicted_observation(rollout.push_rewards(torch.tensor([0.0])))
+    obs0 = torch.from_numpy(episode.observations[0])
+    expected_obs = obs0 if target == "change" else model.obs_mean
+    assert torch.allclose(predicted[0], expected_obs, atol=1e-6)
+    # Saved and loaded as it was; a checkpoint from before the field predicted the next observation.
+    model.save(tmp_path / "ckpt")
+    assert Simulator.load(tmp_path / "ckpt").cfg.observation_target == target
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    del config["model"]["observation_target"]
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    assert Simulator.load(tmp_path / "ckpt").cfg.observation_target == "next"
+    assert SimulatorConfig().observation_target == "next"
+
+
+def test_an_unknown_observation_target_is_refused():
+    with pytest.raises(ValueError, match="observation_target='delta' must be one of change, next"):
+        SimulatorConfig(observation_target="delta")
 
 
 def test_truncated_weights_file_is_a_clear_error(tmp_path: Path):

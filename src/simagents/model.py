@@ -93,6 +93,8 @@ from simagents.kernels import (
 )
 
 TOKENS_PER_STEP = 4  # o, R, a, r
+OBSERVATION_TARGETS = ("change", "next")
+"""Values of :attr:`SimulatorConfig.observation_target`."""
 SCHEMA_VERSION = 1  # of config.json; bump when the architecture's parameters change meaning
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -154,6 +156,16 @@ class SimulatorConfig:
     """Add an embedding of the episode's behaviour-policy label (one per label in the training
     data, plus a learned *unknown label*) to every token, so that agents can ask the simulator
     to play like a named policy (``make_agent("imitation", simulator, label=...)``)."""
+    observation_target: str = "next"
+    """What the world model's head at r_t learns for a Box observation: ``next``, o_{t+1} itself
+    (normalised), or ``change``, o_{t+1} - o_t (normalised; the prediction adds it to o_t).
+    Discrete observations are a class either way. Most of a state's next value is its present
+    one, so the change is the smaller target, and its smaller loss leaves the other heads more of
+    the shared layers early in training. On the quality benchmark's CartPole data (2026-12-08,
+    seeds 0-2, 20 episodes each) ``change`` lifted ``edt`` by its action-value head from 259.8 to
+    487.1 after 125 updates and from 287.5 to 379.1 after 250, but lowered it from 492.9 to about
+    450 after 500 (``benchmarks/README.md`` has the table): no setting is ahead at every budget,
+    so the default stays ``next``, what every simulator before this field learned."""
     aux_targets: int = 0
     """Auxiliary targets per observation (``Episode.aux_targets``), predicted from R_t's hidden
     state, the one the policy reads, and never read as input: signal that shapes the policy's
@@ -167,6 +179,10 @@ class SimulatorConfig:
             raise ValueError(f"aux_targets={self.aux_targets} must be 0 (none) or more")
         if self.n_return_bins < 2:
             raise ValueError(f"n_return_bins={self.n_return_bins} must be at least 2")
+        if self.observation_target not in OBSERVATION_TARGETS:
+            raise ValueError(
+                f"observation_target={self.observation_target!r} must be one of {', '.join(OBSERVATION_TARGETS)}"
+            )
         if self.max_timestep < 0:
             raise ValueError(f"max_timestep={self.max_timestep} must be 0 (fit to the data) or more")
         if not 0 <= self.dropout < 1:
@@ -514,6 +530,12 @@ class Simulator(nn.Module):
     def normalize_observation(self, obs: Tensor) -> Tensor:
         return ((obs - self.obs_mean) / self.obs_std).clamp(-10, 10)
 
+    def next_observation_normalized(self, h_reward: Tensor, obs_normalized: Tensor) -> Tensor:
+        """Box observations: hidden at r_t (...,d) and o_t normalised (...,obs_dim) -> the world
+        model's o_{t+1}, normalised (the mean of its Gaussian)."""
+        predicted: Tensor = self.next_obs_head(h_reward)
+        return predicted + obs_normalized if self.cfg.observation_target == "change" else predicted
+
     # ---- embeddings: shared by the training forward pass and incremental decoding ----------
 
     def _time(self, timesteps: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -705,6 +727,8 @@ class Simulator(nn.Module):
                 target_obs = batch["next_observations"] - self.obs_start
                 obs_err = F.cross_entropy(next_obs.transpose(1, 2), target_obs, reduction="none")
             else:
+                if self.cfg.observation_target == "change":  # the error of o_t + change, as predicted
+                    next_obs = next_obs + self.normalize_observation(batch["observations"])
                 obs_err = ((next_obs - self.normalize_observation(batch["next_observations"])) ** 2).mean(-1)
             losses["observation"] = mean(obs_err, valid)
         if self.aux_head is not None and "aux_targets" in heads:
@@ -1114,6 +1138,7 @@ class Context:
         self.last_hidden: Tensor | None = None
         self.last_policy = np.zeros(self.weights.policy_bias.shape, np.float32)  # the policy head there
         self.timestep = -1
+        self.last_observation: np.ndarray | None = None  # (1,obs_dim) Box: o_t, where a rollout starts
 
     def _allocate(self, slots: int) -> None:
         """(Re)allocate the key-value buffer (L,slots,2C) for ``slots`` tokens, keeping its content:
@@ -1260,6 +1285,7 @@ class Context:
             self._push(w.obs_row + int(obs) - model.obs_start)
             return
         values = np.asarray(obs, dtype=np.float32).reshape(1, -1)
+        self.last_observation = values
         k = self._push(w.obs_row)
         if model.obs_encoder is None:  # as normalize_observation
             scaled_into(values, w.obs_mean, w.obs_std, 1.0, 0.0, 10.0, self.token_features[k:], w.obs_col)
@@ -1350,7 +1376,10 @@ class Context:
             cache.k[layer, :, :, :length] = kv[layer, :, :C].view(length, H, C // H).transpose(0, 1)
             cache.v[layer, :, :, :length] = kv[layer, :, C:].view(length, H, C // H).transpose(0, 1)
         cache.length = length
-        return Rollout(self.model, cache, self.timestep, self.label)
+        observations = None
+        if self.last_observation is not None:
+            observations = torch.from_numpy(self.last_observation).expand(n, -1).clone()
+        return Rollout(self.model, cache, self.timestep, self.label, observations)
 
 
 class Rollout:
@@ -1362,11 +1391,19 @@ class Rollout:
     Context's: actions and rewards at the current one, an observation starts the next.
     """
 
-    def __init__(self, model: Simulator, cache: KVCache, timestep: int, label: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        model: Simulator,
+        cache: KVCache,
+        timestep: int,
+        label: Tensor | None = None,
+        observations: Tensor | None = None,
+    ) -> None:
         self.model = model
         self.cache = cache
         self.timestep = timestep
         self.label = label  # (1,) the forked Context's label index, shared by every row; None: unknown
+        self.observations = observations  # (B,obs_dim) Box: each row's o_t in env units, for the world model
 
     @property
     def batch(self) -> int:
@@ -1388,6 +1425,8 @@ class Rollout:
         """Keep rows (B',) long indices into the current batch, in that order; repeats duplicate."""
         self.cache.k = self.cache.k[:, rows]
         self.cache.v = self.cache.v[:, rows]
+        if self.observations is not None:
+            self.observations = self.observations[rows]
 
     def push_actions(self, actions: Tensor, intervention: bool) -> Tensor:
         """Actions (B,) long or (B,act_dim) -> hidden at a_t (B,d): reward and action-value heads."""
@@ -1404,6 +1443,8 @@ class Rollout:
         o and R (B,2,d) with the unknown-return token pushed too (value head at o, policy at R)."""
         self.timestep += 1
         t = self._t()
+        if not self.model.obs_discrete:
+            self.observations = obs
         tokens = self.model.embed_observation(obs.unsqueeze(1), t, self._labels())  # (B,1,d)
         if unknown_return:
             unknown = self.model.embed_return(
@@ -1415,10 +1456,14 @@ class Rollout:
     def predicted_observation(self, h_reward: Tensor) -> Tensor:
         """Hidden at r_t (B,d) -> the world model's next observation in env form: (B,) long (argmax)
         or (B,obs_dim) floats (the de-normalised mean)."""
-        out: Tensor = self.model.next_obs_head(h_reward)
-        if self.model.obs_discrete:
-            return out.argmax(-1) + self.model.obs_start
-        return out * self.model.obs_std + self.model.obs_mean
+        model = self.model
+        if model.obs_discrete:
+            logits: Tensor = model.next_obs_head(h_reward)
+            return logits.argmax(-1) + model.obs_start
+        if self.observations is None:
+            raise RuntimeError("the rollout's fork had no observation pushed: nothing to predict from")
+        out = model.next_observation_normalized(h_reward, model.normalize_observation(self.observations))
+        return out * model.obs_std + model.obs_mean
 
     def terminated(self, h_reward: Tensor) -> Tensor:
         """Hidden at r_t (B,d) -> (B,) bool: the termination head says P(done) > 0.5."""

@@ -69,10 +69,11 @@ def test_horizon_one_score_is_reward_plus_value_at_the_predicted_observation(obs
                 fresh.push_reward(float(reward))
                 h_reward = fresh.hidden()
                 assert torch.sigmoid(model.termination_head(h_reward)).item() < 0.5
-                next_obs = model.next_obs_head(h_reward)[0]
                 if model.obs_discrete:
-                    next_obs = next_obs.argmax()
+                    next_obs = model.next_obs_head(h_reward)[0].argmax()
                 else:
+                    current = model.normalize_observation(as_model_input(obs, obs_space))
+                    next_obs = model.next_observation_normalized(h_reward, current)[0]
                     next_obs = next_obs * model.obs_std + model.obs_mean
                 fresh.push_observation(next_obs)
                 value = model.expected_return(model.value_head(fresh.hidden()))[0]

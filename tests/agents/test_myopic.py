@@ -35,7 +35,9 @@ def test_forecast_is_the_world_models_next_observation(seed: int) -> None:
         h = model(one_step_batch(0.5, mode, 0.0))
         reward = float(model.predicted_reward(h["action"][0, 0]))
         h = model(one_step_batch(0.5, mode, reward))
-        expected = float(model.next_obs_head(h["reward"][0, 0])[0] * model.obs_std[0] + model.obs_mean[0])
+        current = model.normalize_observation(torch.tensor([0.5]))
+        predicted = model.next_observation_normalized(h["reward"][0, 0], current)
+        expected = float(predicted[0] * model.obs_std[0] + model.obs_mean[0])
     agent = make_agent("myopic", model)
     agent.reset(seed=0)
     forecast = agent.act(np.array([0.5], np.float32))
@@ -55,7 +57,8 @@ def test_record_episodes_round_trip() -> None:
     assert [len(e) for e in episodes] == [4, 4, 4] and all(e.policy == "myopic" for e in episodes)
     for e in episodes:
         e.validate(env.observation_space, env.action_space, where="recorded")
-        np.testing.assert_allclose(e.rewards, -((e.actions[:, 0] - e.observations[1:, 0]) ** 2), rtol=1e-6)
+        forecasts = np.clip(e.actions[:, 0], 0.0, 1.0)  # as the env reads them
+        np.testing.assert_allclose(e.rewards, -((forecasts - e.observations[1:, 0]) ** 2), rtol=1e-6)
     again = record_episodes(make_agent("myopic", model), env, 3, seed=7)
     np.testing.assert_array_equal(episodes[0].observations, again[0].observations)
 
