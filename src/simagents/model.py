@@ -163,9 +163,10 @@ class SimulatorConfig:
     one, so the change is the smaller target, and its smaller loss leaves the other heads more of
     the shared layers early in training. On the quality benchmark's CartPole data (2026-12-08,
     seeds 0-2, 20 episodes each) ``change`` lifted ``edt`` by its action-value head from 259.8 to
-    487.1 after 125 updates and from 287.5 to 379.1 after 250, but lowered it from 492.9 to about
-    450 after 500 (``benchmarks/README.md`` has the table): no setting is ahead at every budget,
-    so the default stays ``next``, what every simulator before this field learned."""
+    487.1 after 125 updates and from 287.5 to 379.1 after 250, but lowered it from 492.9 to 444.7
+    after 500, and ``dt`` after 1,000 from 472.2 to 437.5 (``benchmarks/README.md`` has the table):
+    neither is ahead at every budget, so the default stays ``next``, what every simulator before
+    this field learned."""
     aux_targets: int = 0
     """Auxiliary targets per observation (``Episode.aux_targets``), predicted from R_t's hidden
     state, the one the policy reads, and never read as input: signal that shapes the policy's
